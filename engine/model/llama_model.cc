@@ -1,0 +1,126 @@
+#include "engine/model/llama_model.h"
+
+#include <algorithm>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "engine/gguf/dequantize.h"
+
+namespace kvserve::model {
+
+absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& path,
+                                                            int n_threads) {
+  std::unique_ptr<LlamaModel> m(new LlamaModel());
+  auto file = gguf::GgufFile::Open(path);
+  if (!file.ok()) return file.status();
+  m->file_ = std::move(*file);
+  auto config = ReadModelConfig(*m->file_);
+  if (!config.ok()) return config.status();
+  m->config_ = *config;
+  if (m->config_.rope_dim > 1024) {
+    return absl::UnimplementedError(absl::StrCat(path, ": rope dimension ", m->config_.rope_dim,
+                                                 " exceeds the supported 1024"));
+  }
+  auto weights = ModelWeights::Load(*m->file_, m->config_);
+  if (!weights.ok()) return weights.status();
+  m->weights_ = std::move(*weights);
+  if (n_threads <= 0) n_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  m->pool_ = std::make_unique<ThreadPool>(n_threads);
+  m->rope_ = std::make_unique<Rope>(m->config_, m->weights_->rope_freq_factors());
+  m->attention_ = std::make_unique<Attention>(m->config_);
+  return m;
+}
+
+void LlamaModel::MatMul(const kernels::WeightView& w, const float* x, int n, float* y) {
+  kernels::MatMul(w, x, n, y, pool_.get(), &scratch_);
+}
+
+absl::Status LlamaModel::Forward(const Batch& b, kvcache::KvStore* kv, std::vector<float>* logits) {
+  const ModelConfig& c = config_;
+  const int n = b.size();
+  if (b.positions.size() != b.tokens.size() || b.seq_ids.size() != b.tokens.size() ||
+      b.logits.size() != b.tokens.size()) {
+    return absl::InvalidArgumentError("batch vectors have different lengths");
+  }
+  for (int i = 0; i < n; ++i) {
+    if (b.tokens[i] < 0 || b.tokens[i] >= c.n_vocab) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("token id ", b.tokens[i], " is outside the vocabulary [0, ", c.n_vocab, ")"));
+    }
+    if (b.positions[i] < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("negative position ", b.positions[i]));
+    }
+  }
+  logits->clear();
+  if (n == 0) return absl::OkStatus();
+
+  const int E = c.n_embd, Q = c.q_dim(), KV = c.kv_dim(), F = c.n_ff;
+  x_.resize(static_cast<size_t>(n) * E);
+  h_.resize(static_cast<size_t>(n) * E);
+  q_.resize(static_cast<size_t>(n) * Q);
+  k_.resize(static_cast<size_t>(n) * KV);
+  v_.resize(static_cast<size_t>(n) * KV);
+  att_.resize(static_cast<size_t>(n) * Q);
+  gate_.resize(static_cast<size_t>(n) * F);
+  up_.resize(static_cast<size_t>(n) * F);
+
+  const gguf::TensorInfo& embd = weights_->token_embd();
+  const size_t embd_row = gguf::RowBytes(embd.type, E);
+  for (int i = 0; i < n; ++i) {
+    absl::Status s = gguf::DequantizeRow(embd.type, embd.data + b.tokens[i] * embd_row,
+                                         x_.data() + static_cast<size_t>(i) * E, E);
+    if (!s.ok()) return s;
+  }
+
+  for (int l = 0; l < c.n_layers; ++l) {
+    const LayerWeights& L = weights_->layers()[l];
+    for (int i = 0; i < n; ++i) {
+      RmsNorm(&x_[i * E], L.attn_norm.data(), E, c.rms_eps, &h_[i * E]);
+    }
+    MatMul(L.wq, h_.data(), n, q_.data());
+    MatMul(L.wk, h_.data(), n, k_.data());
+    MatMul(L.wv, h_.data(), n, v_.data());
+    for (int i = 0; i < n; ++i) {
+      if (!L.bq.empty()) AddInPlace(&q_[i * Q], L.bq.data(), Q);
+      if (!L.bk.empty()) AddInPlace(&k_[i * KV], L.bk.data(), KV);
+      if (!L.bv.empty()) AddInPlace(&v_[i * KV], L.bv.data(), KV);
+      rope_->Apply(&q_[i * Q], c.n_head, b.positions[i]);
+      rope_->Apply(&k_[i * KV], c.n_kv_head, b.positions[i]);
+    }
+    // Runs of consecutive rows of one sequence are written with one call.
+    for (int i = 0; i < n;) {
+      int j = i + 1;
+      while (j < n && b.seq_ids[j] == b.seq_ids[i] && b.positions[j] == b.positions[j - 1] + 1) ++j;
+      kv->Write(b.seq_ids[i], l, b.positions[i], j - i, &k_[i * KV], &v_[i * KV]);
+      i = j;
+    }
+    attention_->Compute(*kv, l, q_.data(), b.seq_ids.data(), b.positions.data(), n, att_.data(),
+                        pool_.get());
+    MatMul(L.wo, att_.data(), n, h_.data());
+    for (int i = 0; i < n; ++i) AddInPlace(&x_[i * E], &h_[i * E], E);
+
+    for (int i = 0; i < n; ++i) {
+      RmsNorm(&x_[i * E], L.ffn_norm.data(), E, c.rms_eps, &h_[i * E]);
+    }
+    MatMul(L.w_gate, h_.data(), n, gate_.data());
+    MatMul(L.w_up, h_.data(), n, up_.data());
+    for (int i = 0; i < n; ++i) SiluMul(&gate_[i * F], &up_[i * F], F, &gate_[i * F]);
+    MatMul(L.w_down, gate_.data(), n, h_.data());
+    for (int i = 0; i < n; ++i) AddInPlace(&x_[i * E], &h_[i * E], E);
+  }
+
+  int n_out = 0;
+  for (int i = 0; i < n; ++i) n_out += b.logits[i] ? 1 : 0;
+  if (n_out == 0) return absl::OkStatus();
+  out_rows_.resize(static_cast<size_t>(n_out) * E);
+  for (int i = 0, r = 0; i < n; ++i) {
+    if (!b.logits[i]) continue;
+    RmsNorm(&x_[i * E], weights_->output_norm().data(), E, c.rms_eps, &out_rows_[r * E]);
+    ++r;
+  }
+  logits->resize(static_cast<size_t>(n_out) * c.n_vocab);
+  MatMul(weights_->output(), out_rows_.data(), n_out, logits->data());
+  return absl::OkStatus();
+}
+
+}  // namespace kvserve::model

@@ -1,0 +1,44 @@
+// Perplexity of a token stream under the model, the standard check that a
+// forward pass (and later, a compressed KV cache) keeps the model's quality.
+//
+// The stream is cut into consecutive chunks of `ctx` tokens (a trailing
+// partial chunk is dropped). Each chunk is evaluated from an empty cache, in
+// micro-batches of at most `batch` tokens, and every position but the first
+// is scored: NLL(token[j+1] | chunk[0..j]) for j = 0..ctx-2.
+// perplexity = exp(mean NLL), NLL from a float64 log-softmax of the logits.
+//
+// Thread-safety: uses the runner, so one call at a time per runner.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/model/model_runner.h"
+
+namespace kvserve::model {
+
+struct PerplexityResult {
+  double perplexity = 0;
+  double mean_nll = 0;
+  int64_t n_scored = 0;
+  int n_chunks = 0;
+  double seconds = 0;
+};
+
+struct PerplexityOptions {
+  int ctx = 512;
+  int batch = 512;
+  // Called after each chunk with (chunks done, chunks total, running ppl).
+  std::function<void(int, int, double)> progress;
+};
+
+absl::StatusOr<PerplexityResult> ComputePerplexity(ModelRunner* runner,
+                                                   const std::vector<int32_t>& tokens,
+                                                   const PerplexityOptions& options);
+
+// log(sum(exp(x))) - x[target] over a logit row, in float64.
+double TokenNll(const float* logits, int n_vocab, int32_t target);
+
+}  // namespace kvserve::model

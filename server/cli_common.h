@@ -1,0 +1,30 @@
+// Helpers shared by the subcommands: parsing with uniform error output, and
+// loading a model with its tokenizer.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/model/llama_model.h"
+#include "engine/tokenizer/tokenizer.h"
+#include "server/cli_args.h"
+
+namespace kvserve::server {
+
+// Parses; on --help prints help and returns 0 through *exit_code; on error
+// prints it and returns 2. Returns true when the command should run.
+bool ParseOrExit(CliArgs* cli, const std::vector<std::string>& args, int* exit_code);
+
+struct LoadedModel {
+  std::unique_ptr<model::LlamaModel> model;
+  std::unique_ptr<tokenizer::Tokenizer> tokenizer;
+};
+
+absl::StatusOr<LoadedModel> LoadModel(const std::string& path, int n_threads);
+
+// Declares the flags every model-using command takes: --model, --threads.
+void AddModelFlags(CliArgs* cli);
+
+}  // namespace kvserve::server
