@@ -57,7 +57,7 @@ struct TensorInfo {
   std::string name;
   std::vector<int64_t> shape;  // GGML order, shape[0] innermost
   GgmlType type = GgmlType::kF32;
-  uint64_t offset = 0;           // from the start of the data section
+  uint64_t offset = 0;            // from the start of the data section
   const uint8_t* data = nullptr;  // into the mapping; not owned
   size_t n_bytes = 0;
 

@@ -28,8 +28,8 @@ class GgufWriter {
 
   // Adds a tensor from f32 values quantised to `type` (see QuantizeRow).
   // shape is in GGML order; values has n_elements entries, row-major.
-  absl::Status AddTensor(const std::string& name, const std::vector<int64_t>& shape,
-                         GgmlType type, const std::vector<float>& values);
+  absl::Status AddTensor(const std::string& name, const std::vector<int64_t>& shape, GgmlType type,
+                         const std::vector<float>& values);
   // Adds a tensor from already-encoded bytes.
   void AddRawTensor(const std::string& name, const std::vector<int64_t>& shape, GgmlType type,
                     std::vector<uint8_t> bytes);
