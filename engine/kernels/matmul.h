@@ -47,7 +47,8 @@ bool MatMulSupports(gguf::GgmlType type);
 
 // y[m][n_out] = x[m][n_in] * W^T.
 //   x: [m, n_in] row-major f32, y: [m, n_out] row-major f32.
-// n_in must be a multiple of 32 for quantised types.
+// n_in must be a multiple of 32 for quantised types. pool may be nullptr
+// (run on the calling thread); scratch is only used for quantised types.
 void MatMul(const WeightView& w, const float* x, int64_t m, float* y, ThreadPool* pool,
             MatMulScratch* scratch);
 
@@ -56,5 +57,11 @@ const char* MatMulIsa();
 
 // Forces the scalar path (tests compare SIMD against it); process-wide.
 void MatMulForceScalarForTesting(bool force);
+
+// Forces the named path ("scalar", "avx2", "avx512vnni") for tests and
+// benchmarks; false (and no change) when this CPU cannot run it. nullptr
+// restores the automatic choice. Process-wide; not for concurrent use with
+// MatMul.
+bool MatMulForceIsaForTesting(const char* isa);
 
 }  // namespace kvserve::kernels

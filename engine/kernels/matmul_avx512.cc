@@ -1,0 +1,492 @@
+// AVX-512 (F, BW, VL, DQ) + VNNI path. Compiled with function-level target
+// options (the pragma below), so the library still runs on any x86-64; it is
+// only called after a run-time CPU check.
+//
+// Quantised weights (see matmul_internal.h for the exact numerics):
+//  - m == 1 (decode): GemvQ streams 16 weight rows at a time. Four rows share
+//    a zmm (one row per 128-bit lane), VPDPBUSD multiplies them by the
+//    activation block broadcast to every lane, and an in-register reduction
+//    turns the per-lane partial sums into one exact block sum per row, so
+//    the f32 per-block scaling runs on 16 rows at once.
+//  - m > 1 (prefill, batches): the weights of 16 rows x 16 blocks are
+//    unpacked once into a small L1 buffer, transposed so that a zmm holds 4
+//    consecutive k-values of 16 rows; a tile of up to kTileRows activation
+//    rows then runs VPDPBUSD with the activation's 4 bytes broadcast from
+//    memory. Every lane ends a block with the exact block sum of one
+//    (weight row, activation row) pair.
+// Both give each output element its own f32 accumulator updated once per
+// block in block order, so the result is bit-identical to the scalar path
+// and independent of m and of the thread split.
+//
+// Float weights: 16-lane f32 accumulators over k in register tiles.
+#include "engine/kernels/matmul_internal.h"
+
+#if defined(__x86_64__)
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace kvserve::kernels::internal {
+namespace {
+bool CpuHasAvx512Vnni() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("fma") &&
+         __builtin_cpu_supports("f16c");
+}
+}  // namespace
+}  // namespace kvserve::kernels::internal
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi,bmi2")
+
+// Loops over compile-time tile sizes must be unrolled for the accumulators
+// to live in registers; -O2 does not do it on its own.
+#define KV_UNROLL _Pragma("GCC unroll 16")
+
+namespace kvserve::kernels::internal {
+namespace {
+
+using gguf::GgmlType;
+
+// ---------------------------------------------------------------------------
+// Activation quantisation (same bytes as QuantizeActBlockScalar).
+
+void QuantizeRowsAvx512(const float* x, int64_t n_in, int64_t m, int64_t r0, int64_t r1,
+                        ActKind kind, ActBlock* act) {
+  const int64_t nb = n_in / kQK;
+  for (int64_t i = r0; i < r1; ++i) {
+    const float* xr = x + i * n_in;
+    for (int64_t b = 0; b < nb; ++b) {
+      const __m512 v0 = _mm512_loadu_ps(xr + b * kQK);
+      const __m512 v1 = _mm512_loadu_ps(xr + b * kQK + 16);
+      const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+      const float d = amax / 127.0f;
+      const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+      const __m512 vid = _mm512_set1_ps(id);
+      const __m512i q0 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(v0, vid),
+                                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __m512i q1 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(v1, vid),
+                                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      ActBlock* o = act + b * m + i;
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(o->qs), _mm512_cvtepi32_epi8(q0));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(o->qs + 16), _mm512_cvtepi32_epi8(q1));
+      o->d = _cvtsh_ss(_cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT));
+      const int32_t sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+      switch (kind) {
+        case ActKind::kQ8_0ForQ4_0:
+          o->aux = -8 * sum;
+          break;
+        case ActKind::kQ8_0ForQ8_0:
+          o->aux = -128 * sum;
+          break;
+        case ActKind::kQ8_1:
+          o->aux = FloatAsAux(
+              _cvtsh_ss(_cvtss_sh(d * static_cast<float>(sum), _MM_FROUND_TO_NEAREST_INT)));
+          break;
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Quantised weights.
+
+template <GgmlType T>
+struct QTraits;
+template <>
+struct QTraits<GgmlType::kQ4_0> {
+  static constexpr size_t kBlockBytes = sizeof(BlockQ4_0);
+  static constexpr size_t kQsOffset = 2;
+  static constexpr bool kNibbles = true;
+  static constexpr bool kHasMin = false;
+};
+template <>
+struct QTraits<GgmlType::kQ4_1> {
+  static constexpr size_t kBlockBytes = sizeof(BlockQ4_1);
+  static constexpr size_t kQsOffset = 4;
+  static constexpr bool kNibbles = true;
+  static constexpr bool kHasMin = true;
+};
+template <>
+struct QTraits<GgmlType::kQ8_0> {
+  static constexpr size_t kBlockBytes = sizeof(BlockQ8_0);
+  static constexpr size_t kQsOffset = 2;
+  static constexpr bool kNibbles = false;
+  static constexpr bool kHasMin = false;
+};
+
+inline int32_t Load32(const void* p) {
+  int32_t v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// f16 values in the low / high halves of 16 int32 lanes, as f32.
+inline __m512 F16LowToF32(__m512i g) { return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g)); }
+inline __m512 F16HighToF32(__m512i g) {
+  return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(g, 16)));
+}
+
+// Four 16-byte pieces, one per 128-bit lane.
+inline __m512i Load4x16(const uint8_t* p0, const uint8_t* p1, const uint8_t* p2,
+                        const uint8_t* p3) {
+  const __m256i lo = _mm256_inserti128_si256(
+      _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p0))),
+      _mm_loadu_si128(reinterpret_cast<const __m128i*>(p1)), 1);
+  const __m256i hi = _mm256_inserti128_si256(
+      _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p2))),
+      _mm_loadu_si128(reinterpret_cast<const __m128i*>(p3)), 1);
+  return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+
+// a_e holds 4 partial sums of row 4e + L in 128-bit lane L. Returns the row
+// sums with row 4e + L in lane 4L + e (kLaneRow below).
+inline __m512i Reduce4x4(__m512i a0, __m512i a1, __m512i a2, __m512i a3) {
+  const __m512i u01 =
+      _mm512_add_epi32(_mm512_unpacklo_epi32(a0, a1), _mm512_unpackhi_epi32(a0, a1));
+  const __m512i u23 =
+      _mm512_add_epi32(_mm512_unpacklo_epi32(a2, a3), _mm512_unpackhi_epi32(a2, a3));
+  return _mm512_add_epi32(_mm512_unpacklo_epi64(u01, u23), _mm512_unpackhi_epi64(u01, u23));
+}
+
+// Row (within a 16-row group) held by each lane after Reduce4x4. The map is
+// its own inverse, so permuting by it also restores row order.
+alignas(64) constexpr int32_t kLaneRow[16] = {0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15};
+
+// m == 1: y[c0..c1) = W[c0..c1) x.
+template <GgmlType T>
+void GemvQ(const WeightView& w, const ActBlock* act, int64_t c0, int64_t c1, float* y) {
+  using Tr = QTraits<T>;
+  const int64_t nb = w.n_in / kQK;
+  const size_t rb = w.row_bytes;
+  const __m512i lane_row = _mm512_load_si512(kLaneRow);
+  const __m512i nib = _mm512_set1_epi8(0x0F);
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  for (int64_t r0 = c0; r0 < c1; r0 += 16) {
+    const int nrows = static_cast<int>(std::min<int64_t>(16, c1 - r0));
+    const uint8_t* base = w.data + r0 * rb;
+    // Rows past the end repeat the last row; their lanes are not stored.
+    const uint8_t* rp[16];
+    KV_UNROLL
+    for (int i = 0; i < 16; ++i) rp[i] = base + std::min(i, nrows - 1) * rb + Tr::kQsOffset;
+    const __m512i gidx =
+        _mm512_mullo_epi32(_mm512_min_epi32(lane_row, _mm512_set1_epi32(nrows - 1)),
+                           _mm512_set1_epi32(static_cast<int>(rb)));
+    // Software prefetch of the next group, spread over this group's blocks.
+    const uint8_t* next = base + 16 * rb;
+    const int64_t next_lines =
+        r0 + 16 < c1 ? static_cast<int64_t>((std::min<int64_t>(16, c1 - r0 - 16) * rb + 63) / 64)
+                     : 0;
+    const int64_t lines_per_block = (next_lines + nb - 1) / nb;
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      for (int64_t l = b * lines_per_block; l < std::min(next_lines, (b + 1) * lines_per_block);
+           ++l) {
+        _mm_prefetch(reinterpret_cast<const char*>(next + l * 64), _MM_HINT_T0);
+      }
+      const ActBlock& a = act[b];
+      const size_t off = b * Tr::kBlockBytes;
+      const __m512i xlo =
+          _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.qs)));
+      const __m512i xhi =
+          _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.qs + 16)));
+      __m512i s[4];
+      KV_UNROLL
+      for (int e = 0; e < 4; ++e) {
+        const uint8_t* p0 = rp[4 * e] + off;
+        const uint8_t* p1 = rp[4 * e + 1] + off;
+        const uint8_t* p2 = rp[4 * e + 2] + off;
+        const uint8_t* p3 = rp[4 * e + 3] + off;
+        __m512i lo, hi;
+        if constexpr (Tr::kNibbles) {
+          const __m512i t = Load4x16(p0, p1, p2, p3);
+          lo = _mm512_and_si512(t, nib);
+          hi = _mm512_and_si512(_mm512_srli_epi16(t, 4), nib);
+        } else {
+          lo = _mm512_xor_si512(Load4x16(p0, p1, p2, p3), flip);
+          hi = _mm512_xor_si512(Load4x16(p0 + 16, p1 + 16, p2 + 16, p3 + 16), flip);
+        }
+        s[e] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xlo), hi, xhi);
+      }
+      __m512i isum = Reduce4x4(s[0], s[1], s[2], s[3]);
+      if constexpr (!Tr::kHasMin) isum = _mm512_add_epi32(isum, _mm512_set1_epi32(a.aux));
+      const __m512i g = _mm512_i32gather_epi32(gidx, base + off, 1);
+      const __m512 scale = _mm512_mul_ps(F16LowToF32(g), _mm512_set1_ps(a.d));
+      acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, acc);
+      if constexpr (Tr::kHasMin) {
+        acc = _mm512_fmadd_ps(F16HighToF32(g), _mm512_set1_ps(AuxAsFloat(a.aux)), acc);
+      }
+    }
+    const __m512 out = _mm512_permutexvar_ps(lane_row, acc);
+    _mm512_mask_storeu_ps(y + r0, static_cast<__mmask16>((1u << nrows) - 1), out);
+  }
+}
+
+// m > 1. The unpacked-weight buffer holds, per block, 8 vectors of 16 rows x
+// 4 bytes (k = 4c .. 4c+3 of every row), then dw[16] and mw[16] as f32.
+constexpr int kBufBlockBytes = 8 * 64 + 64 + 64;
+constexpr int kChunkBlocks = 16;  // blocks per buffer fill: 10 KiB, L1-resident
+constexpr int kTileRows = 12;     // activation rows per register tile
+
+template <GgmlType T>
+void UnpackTile(const uint8_t* base, size_t rb, int nrows, int nblk, uint8_t* buf) {
+  using Tr = QTraits<T>;
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i idx = _mm512_mullo_epi32(_mm512_min_epi32(iota, _mm512_set1_epi32(nrows - 1)),
+                                         _mm512_set1_epi32(static_cast<int>(rb)));
+  const __m512i nib = _mm512_set1_epi8(0x0F);
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  for (int b = 0; b < nblk; ++b) {
+    const uint8_t* p = base + b * Tr::kBlockBytes;
+    uint8_t* o = buf + b * kBufBlockBytes;
+    if constexpr (Tr::kNibbles) {
+      KV_UNROLL
+      for (int d = 0; d < 4; ++d) {
+        const __m512i g = _mm512_i32gather_epi32(idx, p + Tr::kQsOffset + 4 * d, 1);
+        _mm512_store_si512(o + 64 * d, _mm512_and_si512(g, nib));
+        _mm512_store_si512(o + 64 * (d + 4), _mm512_and_si512(_mm512_srli_epi32(g, 4), nib));
+      }
+    } else {
+      KV_UNROLL
+      for (int c = 0; c < 8; ++c) {
+        const __m512i g = _mm512_i32gather_epi32(idx, p + Tr::kQsOffset + 4 * c, 1);
+        _mm512_store_si512(o + 64 * c, _mm512_xor_si512(g, flip));
+      }
+    }
+    const __m512i g = _mm512_i32gather_epi32(idx, p, 1);
+    _mm512_store_ps(o + 512, F16LowToF32(g));
+    if constexpr (Tr::kHasMin) _mm512_store_ps(o + 576, F16HighToF32(g));
+  }
+}
+
+// Rows i0 .. i0+C-1 of the activations (a points at block kb0 of row i0;
+// consecutive blocks are m ActBlocks apart) times the 16 unpacked rows in
+// buf; accumulates into y (row stride n_out), starting from zero if first.
+template <GgmlType T, int C>
+void TileQ(const uint8_t* buf, int nblk, const ActBlock* a, int64_t m, float* y, int64_t n_out,
+           bool first, __mmask16 cols) {
+  using Tr = QTraits<T>;
+  __m512 acc[C];
+  KV_UNROLL
+  for (int j = 0; j < C; ++j) {
+    acc[j] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(cols, y + j * n_out);
+  }
+  for (int b = 0; b < nblk; ++b) {
+    const uint8_t* wb = buf + b * kBufBlockBytes;
+    const ActBlock* ab = a + b * m;
+    __m512i ia[C];
+    KV_UNROLL
+    for (int j = 0; j < C; ++j) {
+      ia[j] = Tr::kHasMin ? _mm512_setzero_si512() : _mm512_set1_epi32(ab[j].aux);
+    }
+    KV_UNROLL
+    for (int c = 0; c < 8; ++c) {
+      const __m512i wv = _mm512_load_si512(wb + 64 * c);
+      KV_UNROLL
+      for (int j = 0; j < C; ++j) {
+        ia[j] = _mm512_dpbusd_epi32(ia[j], wv, _mm512_set1_epi32(Load32(ab[j].qs + 4 * c)));
+      }
+    }
+    const __m512 dw = _mm512_load_ps(wb + 512);
+    KV_UNROLL
+    for (int j = 0; j < C; ++j) {
+      acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[j]),
+                               _mm512_mul_ps(dw, _mm512_set1_ps(ab[j].d)), acc[j]);
+    }
+    if constexpr (Tr::kHasMin) {
+      const __m512 mw = _mm512_load_ps(wb + 576);
+      KV_UNROLL
+      for (int j = 0; j < C; ++j) {
+        acc[j] = _mm512_fmadd_ps(mw, _mm512_set1_ps(AuxAsFloat(ab[j].aux)), acc[j]);
+      }
+    }
+  }
+  KV_UNROLL
+  for (int j = 0; j < C; ++j) _mm512_mask_storeu_ps(y + j * n_out, cols, acc[j]);
+}
+
+template <GgmlType T, int C = kTileRows>
+void TileQDispatch(int rows, const uint8_t* buf, int nblk, const ActBlock* a, int64_t m, float* y,
+                   int64_t n_out, bool first, __mmask16 cols) {
+  if constexpr (C >= 1) {
+    if (rows == C) return TileQ<T, C>(buf, nblk, a, m, y, n_out, first, cols);
+    return TileQDispatch<T, C - 1>(rows, buf, nblk, a, m, y, n_out, first, cols);
+  }
+}
+
+template <GgmlType T>
+void MatMulQT(const WeightView& w, const ActBlock* act, int64_t m, int64_t c0, int64_t c1,
+              float* y) {
+  if (m == 1) return GemvQ<T>(w, act, c0, c1, y);
+  using Tr = QTraits<T>;
+  const int64_t nb = w.n_in / kQK;
+  alignas(64) uint8_t buf[kChunkBlocks * kBufBlockBytes];
+  for (int64_t r0 = c0; r0 < c1; r0 += 16) {
+    const int nrows = static_cast<int>(std::min<int64_t>(16, c1 - r0));
+    const __mmask16 cols = static_cast<__mmask16>((1u << nrows) - 1);
+    for (int64_t kb0 = 0; kb0 < nb; kb0 += kChunkBlocks) {
+      const int nblk = static_cast<int>(std::min<int64_t>(kChunkBlocks, nb - kb0));
+      UnpackTile<T>(w.data + r0 * w.row_bytes + kb0 * Tr::kBlockBytes, w.row_bytes, nrows, nblk,
+                    buf);
+      for (int64_t i0 = 0; i0 < m; i0 += kTileRows) {
+        const int rows = static_cast<int>(std::min<int64_t>(kTileRows, m - i0));
+        TileQDispatch<T>(rows, buf, nblk, act + kb0 * m + i0, m, y + i0 * w.n_out + r0, w.n_out,
+                         kb0 == 0, cols);
+      }
+    }
+  }
+}
+
+void MatMulQAvx512(const WeightView& w, const ActBlock* act, int64_t m, int64_t c0, int64_t c1,
+                   float* y) {
+  switch (w.type) {
+    case GgmlType::kQ4_0:
+      return MatMulQT<GgmlType::kQ4_0>(w, act, m, c0, c1, y);
+    case GgmlType::kQ4_1:
+      return MatMulQT<GgmlType::kQ4_1>(w, act, m, c0, c1, y);
+    default:
+      return MatMulQT<GgmlType::kQ8_0>(w, act, m, c0, c1, y);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Float weights.
+
+template <GgmlType T>
+inline __m512 LoadW16(const uint8_t* row, int64_t k) {
+  if constexpr (T == GgmlType::kF32) {
+    return _mm512_loadu_ps(row + 4 * k);
+  } else if constexpr (T == GgmlType::kF16) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * k)));
+  } else {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * k));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+}
+
+template <GgmlType T>
+inline __m512 LoadW16Masked(const uint8_t* row, int64_t k, __mmask16 mask) {
+  if constexpr (T == GgmlType::kF32) {
+    return _mm512_maskz_loadu_ps(mask, row + 4 * k);
+  } else if constexpr (T == GgmlType::kF16) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, row + 2 * k));
+  } else {
+    const __m256i h = _mm256_maskz_loadu_epi16(mask, row + 2 * k);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+}
+
+// ReduceLanes16 in registers.
+inline float Reduce16(__m512 v) {
+  const __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+  const __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  const __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));
+  return _mm_cvtss_f32(_mm_add_ss(c, _mm_movehdup_ps(c)));
+}
+
+// Output columns j0 .. j0+R-1 for activation rows i0 .. i0+C-1.
+template <GgmlType T, int R, int C>
+void TileF(const WeightView& w, const float* x, int64_t i0, int64_t j0, float* y) {
+  const int64_t n = w.n_in;
+  const uint8_t* rows[R];
+  KV_UNROLL
+  for (int r = 0; r < R; ++r) rows[r] = w.data + (j0 + r) * w.row_bytes;
+  const float* xs[C];
+  KV_UNROLL
+  for (int c = 0; c < C; ++c) xs[c] = x + (i0 + c) * n;
+  __m512 acc[R][C];
+  KV_UNROLL
+  for (int r = 0; r < R; ++r) {
+    KV_UNROLL
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
+  }
+  int64_t k = 0;
+  for (; k + 16 <= n; k += 16) {
+    __m512 xv[C];
+    KV_UNROLL
+    for (int c = 0; c < C; ++c) xv[c] = _mm512_loadu_ps(xs[c] + k);
+    KV_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const __m512 wv = LoadW16<T>(rows[r], k);
+      KV_UNROLL
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(wv, xv[c], acc[r][c]);
+    }
+  }
+  if (k < n) {
+    const __mmask16 mask = static_cast<__mmask16>((1u << (n - k)) - 1);
+    __m512 xv[C];
+    KV_UNROLL
+    for (int c = 0; c < C; ++c) xv[c] = _mm512_maskz_loadu_ps(mask, xs[c] + k);
+    KV_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const __m512 wv = LoadW16Masked<T>(rows[r], k, mask);
+      KV_UNROLL
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_mask3_fmadd_ps(wv, xv[c], acc[r][c], mask);
+    }
+  }
+  KV_UNROLL
+  for (int r = 0; r < R; ++r) {
+    KV_UNROLL
+    for (int c = 0; c < C; ++c) y[(i0 + c) * w.n_out + j0 + r] = Reduce16(acc[r][c]);
+  }
+}
+
+template <GgmlType T>
+void MatMulFT(const WeightView& w, const float* x, int64_t m, int64_t c0, int64_t c1, float* y) {
+  if (m == 1) {
+    int64_t j = c0;
+    for (; j + 8 <= c1; j += 8) TileF<T, 8, 1>(w, x, 0, j, y);
+    for (; j < c1; ++j) TileF<T, 1, 1>(w, x, 0, j, y);
+    return;
+  }
+  int64_t j = c0;
+  for (; j + 4 <= c1; j += 4) {
+    int64_t i = 0;
+    for (; i + 4 <= m; i += 4) TileF<T, 4, 4>(w, x, i, j, y);
+    for (; i < m; ++i) TileF<T, 4, 1>(w, x, i, j, y);
+  }
+  for (; j < c1; ++j) {
+    int64_t i = 0;
+    for (; i + 4 <= m; i += 4) TileF<T, 1, 4>(w, x, i, j, y);
+    for (; i < m; ++i) TileF<T, 1, 1>(w, x, i, j, y);
+  }
+}
+
+void MatMulFAvx512(const WeightView& w, const float* x, int64_t m, int64_t c0, int64_t c1,
+                   float* y) {
+  switch (w.type) {
+    case GgmlType::kF32:
+      return MatMulFT<GgmlType::kF32>(w, x, m, c0, c1, y);
+    case GgmlType::kF16:
+      return MatMulFT<GgmlType::kF16>(w, x, m, c0, c1, y);
+    default:
+      return MatMulFT<GgmlType::kBF16>(w, x, m, c0, c1, y);
+  }
+}
+
+constexpr IsaKernels kAvx512 = {"avx512vnni", &QuantizeRowsAvx512, &MatMulQAvx512, &MatMulFAvx512};
+
+}  // namespace
+}  // namespace kvserve::kernels::internal
+
+#undef KV_UNROLL
+#pragma GCC pop_options
+
+namespace kvserve::kernels::internal {
+const IsaKernels* Avx512Kernels() {
+  static const bool ok = CpuHasAvx512Vnni();
+  return ok ? &kAvx512 : nullptr;
+}
+}  // namespace kvserve::kernels::internal
+
+#else  // !__x86_64__
+
+namespace kvserve::kernels::internal {
+const IsaKernels* Avx512Kernels() { return nullptr; }
+}  // namespace kvserve::kernels::internal
+
+#endif
