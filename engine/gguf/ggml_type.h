@@ -38,11 +38,13 @@ enum class GgmlType : uint32_t {
 bool IsSupportedType(GgmlType t);
 // "F32", "Q4_1", ...; "type<N>" for unknown numbers.
 std::string_view TypeName(GgmlType t);
-// Elements per block (1 for plain float types, 32 for Q4_0.., 256 for K-quants).
+// Elements per block (1 for plain float types, 32 for Q4_0.., 256 for K-quants);
+// 0 for numbers this project does not know.
 int64_t BlockElements(GgmlType t);
-// Bytes per block.
+// Bytes per block; 0 for unknown numbers.
 size_t BlockBytes(GgmlType t);
-// Bytes of a row of n elements; n must be a multiple of BlockElements(t).
+// Bytes of a row of n elements; t must be known and n a multiple of
+// BlockElements(t) (checked: a violation is a bug).
 size_t RowBytes(GgmlType t, int64_t n);
 
 }  // namespace kvserve::gguf

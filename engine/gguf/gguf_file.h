@@ -61,7 +61,7 @@ struct TensorInfo {
   const uint8_t* data = nullptr;  // into the mapping; not owned
   size_t n_bytes = 0;
 
-  int64_t n_elements() const;
+  int64_t n_elements() const;  // product of shape; 0 for an empty shape
   // Rows when seen as a matrix of shape[0]-long rows.
   int64_t n_rows() const { return shape.empty() ? 0 : n_elements() / shape[0]; }
 };
@@ -71,6 +71,10 @@ class GgufFile {
   // Maps and parses `path`. Errors (missing file, bad magic, unsupported
   // version, truncated header or data, unknown value or tensor type,
   // misaligned or out-of-range tensor data) name the file and the field.
+  // On success every tensor has 1..4 positive dimensions, a type for which
+  // IsSupportedType() holds, a row length that is a whole number of blocks,
+  // and data that lies inside the file; keys and tensor names are unique.
+  // Malformed input of any kind yields an error, never a crash.
   static absl::StatusOr<std::unique_ptr<GgufFile>> Open(const std::string& path);
   ~GgufFile();
   GgufFile(const GgufFile&) = delete;

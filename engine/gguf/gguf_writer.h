@@ -23,7 +23,10 @@ class GgufWriter {
   void SetStringArray(const std::string& key, const std::vector<std::string>& v);
   void SetInt32Array(const std::string& key, const std::vector<int32_t>& v);
   void SetFloat32Array(const std::string& key, const std::vector<float>& v);
-  // Any value, including nested arrays and every integer width.
+  // Any value, including nested arrays and every integer width. Setting a
+  // key again replaces its value in place. An empty array is written with
+  // element type uint8 (MetadataValue does not record it); array elements
+  // must share one type, checked by Write().
   void Set(const std::string& key, const MetadataValue& v);
 
   // Adds a tensor from f32 values quantised to `type` (see QuantizeRow).
@@ -34,6 +37,10 @@ class GgufWriter {
   void AddRawTensor(const std::string& name, const std::vector<int64_t>& shape, GgmlType type,
                     std::vector<uint8_t> bytes);
 
+  // Writes the file (via `path`.tmp and a rename). A non-default alignment
+  // (a power of two) is recorded as `general.alignment`. InvalidArgument for
+  // bad tensors (duplicate name, shape, byte count) or values whose variant
+  // does not match their type; Unavailable for I/O errors.
   absl::Status Write(const std::string& path, uint32_t alignment = 32) const;
 
  private:

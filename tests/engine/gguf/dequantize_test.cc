@@ -28,14 +28,14 @@ std::vector<float> Dequant(GgmlType t, const std::vector<uint8_t>& bytes, int64_
 // ---------------------------------------------------------------------------
 // Plain float types.
 
-TEST(DequantizeTest, F32IsACopy) {
+TEST(GgufDequantizeTest, F32IsACopy) {
   const std::vector<float> v = {1.0f, -2.5f, 0.0f, 1e-30f};
   std::vector<uint8_t> bytes(v.size() * 4);
   std::memcpy(bytes.data(), v.data(), bytes.size());
   EXPECT_THAT(Dequant(GgmlType::kF32, bytes, 4), ElementsAreArray(v));
 }
 
-TEST(DequantizeTest, F16AndBF16KnownBitPatterns) {
+TEST(GgufDequantizeTest, F16AndBF16KnownBitPatterns) {
   // 0x3C00 = 1.0, 0xC000 = -2.0, 0x3555 ~ 1/3, 0x0001 = 2^-24 (subnormal).
   const uint16_t f16[] = {0x3C00, 0xC000, 0x3555, 0x0001};
   std::vector<uint8_t> bytes(sizeof f16);
@@ -60,7 +60,7 @@ TEST(DequantizeTest, F16AndBF16KnownBitPatterns) {
 // 32-value blocks, built by hand. Value j < 16 lives in the low nibble of
 // qs[j], value j + 16 in its high nibble.
 
-TEST(DequantizeTest, Q4_0) {
+TEST(GgufDequantizeTest, Q4_0) {
   std::vector<uint8_t> b(18);
   PutHalf(b.data(), 0.5f);
   for (int j = 0; j < 16; ++j) b[2 + j] = static_cast<uint8_t>(j | ((15 - j) << 4));
@@ -71,7 +71,7 @@ TEST(DequantizeTest, Q4_0) {
   }
 }
 
-TEST(DequantizeTest, Q4_1WithKnownScaleAndMin) {
+TEST(GgufDequantizeTest, Q4_1WithKnownScaleAndMin) {
   std::vector<uint8_t> b(20);
   PutHalf(b.data(), 0.5f);
   PutHalf(b.data() + 2, -1.0f);
@@ -94,7 +94,7 @@ void PackQ5(const int* q, uint8_t* qh, uint8_t* qs) {
   std::memcpy(qh, &h, 4);
 }
 
-TEST(DequantizeTest, Q5_0) {
+TEST(GgufDequantizeTest, Q5_0) {
   int q[32];
   for (int j = 0; j < 32; ++j) q[j] = (j * 13 + 5) % 32;  // a permutation of 0..31
   std::vector<uint8_t> b(22);
@@ -104,7 +104,7 @@ TEST(DequantizeTest, Q5_0) {
   for (int j = 0; j < 32; ++j) EXPECT_EQ(y[j], (q[j] - 16) * 0.25f) << j;
 }
 
-TEST(DequantizeTest, Q5_1) {
+TEST(GgufDequantizeTest, Q5_1) {
   int q[32];
   for (int j = 0; j < 32; ++j) q[j] = (j * 7 + 3) % 32;
   std::vector<uint8_t> b(24);
@@ -115,7 +115,7 @@ TEST(DequantizeTest, Q5_1) {
   for (int j = 0; j < 32; ++j) EXPECT_EQ(y[j], q[j] * 0.125f + 2.0f) << j;
 }
 
-TEST(DequantizeTest, Q8_0TwoBlocks) {
+TEST(GgufDequantizeTest, Q8_0TwoBlocks) {
   std::vector<uint8_t> b(68);
   PutHalf(b.data(), 0.125f);
   PutHalf(b.data() + 34, -2.0f);
@@ -134,7 +134,7 @@ TEST(DequantizeTest, Q8_0TwoBlocks) {
 // K-quant super-blocks of 256 values, packed by hand from the GGML layouts
 // with distinct scales per sub-block so that a misplaced field shows.
 
-TEST(DequantizeTest, Q2_K) {
+TEST(GgufDequantizeTest, Q2_K) {
   const float d = 0.5f, dmin = 0.25f;
   int sc[16], mn[16], q[256];
   for (int i = 0; i < 16; ++i) {
@@ -157,7 +157,7 @@ TEST(DequantizeTest, Q2_K) {
   }
 }
 
-TEST(DequantizeTest, Q3_K) {
+TEST(GgufDequantizeTest, Q3_K) {
   const float d = 0.25f;
   int scale[16], q[256];
   for (int i = 0; i < 16; ++i) scale[i] = (i * 11 + 3) % 64 - 32;  // -32..31
@@ -199,7 +199,7 @@ void PackScaleMinK4(const int* sc, const int* mn, uint8_t* s) {
   }
 }
 
-TEST(DequantizeTest, Q4_K) {
+TEST(GgufDequantizeTest, Q4_K) {
   const float d = 0.5f, dmin = 0.125f;
   int sc[8], mn[8], q[256];
   for (int i = 0; i < 8; ++i) {
@@ -222,7 +222,7 @@ TEST(DequantizeTest, Q4_K) {
   }
 }
 
-TEST(DequantizeTest, Q5_K) {
+TEST(GgufDequantizeTest, Q5_K) {
   const float d = 0.25f, dmin = 0.5f;
   int sc[8], mn[8], q[256];
   for (int i = 0; i < 8; ++i) {
@@ -245,7 +245,7 @@ TEST(DequantizeTest, Q5_K) {
   }
 }
 
-TEST(DequantizeTest, Q6_K) {
+TEST(GgufDequantizeTest, Q6_K) {
   const float d = 0.125f;
   int sc[16], q[256];
   for (int i = 0; i < 16; ++i) sc[i] = (i * 37 + 5) % 256 - 128;  // int8
@@ -325,9 +325,9 @@ struct Reference {
 };
 constexpr int kProbe[6] = {0, 17, 33, 130, 255, 300};
 
-class ReferenceTest : public ::testing::TestWithParam<Reference> {};
+class GgufReferenceTest : public ::testing::TestWithParam<Reference> {};
 
-TEST_P(ReferenceTest, MatchesPythonGguf) {
+TEST_P(GgufReferenceTest, MatchesPythonGguf) {
   const Reference& ref = GetParam();
   const int64_t n = 2 * BlockElements(ref.type);
   const std::vector<float> y = Dequant(ref.type, PseudoRandomBlocks(ref.type, 2), n);
@@ -341,7 +341,7 @@ TEST_P(ReferenceTest, MatchesPythonGguf) {
 }
 
 INSTANTIATE_TEST_SUITE_P(
-    AllBlockTypes, ReferenceTest,
+    AllBlockTypes, GgufReferenceTest,
     ::testing::Values(
         Reference{GgmlType::kQ4_0,
                   1.999511719,
@@ -383,7 +383,7 @@ INSTANTIATE_TEST_SUITE_P(
 // ---------------------------------------------------------------------------
 // Errors.
 
-TEST(DequantizeTest, RejectsPartialBlocksAndUnsupportedTypes) {
+TEST(GgufDequantizeTest, RejectsPartialBlocksAndUnsupportedTypes) {
   std::vector<uint8_t> b(64);
   std::vector<float> y(64);
   absl::Status s = DequantizeRow(GgmlType::kQ4_0, b.data(), y.data(), 31);
@@ -407,7 +407,7 @@ std::vector<uint8_t> Quant(GgmlType t, const std::vector<float>& x) {
   return out;
 }
 
-TEST(QuantizeTest, Q8_0RoundsHalfAwayFromZero) {
+TEST(GgufQuantizeTest, Q8_0RoundsHalfAwayFromZero) {
   std::vector<float> x(32, 0.0f);
   x[0] = 127.0f;  // amax 127 -> d = 1
   x[1] = 2.5f;
@@ -423,7 +423,7 @@ TEST(QuantizeTest, Q8_0RoundsHalfAwayFromZero) {
   EXPECT_EQ(static_cast<int8_t>(b[6]), -127);
 }
 
-TEST(QuantizeTest, Q4_0MapsSignedMaxToMinusEight) {
+TEST(GgufQuantizeTest, Q4_0MapsSignedMaxToMinusEight) {
   std::vector<float> x(32, 0.0f);
   x[0] = -8.0f;  // largest magnitude, negative -> d = 1
   x[1] = 7.0f;
@@ -450,7 +450,7 @@ TEST(QuantizeTest, Q4_0MapsSignedMaxToMinusEight) {
   EXPECT_EQ(b2[2] & 15, 0);
 }
 
-TEST(QuantizeTest, Q4_1UsesMinAndRange) {
+TEST(GgufQuantizeTest, Q4_1UsesMinAndRange) {
   std::vector<float> x(32);
   for (int j = 0; j < 32; ++j) x[j] = 1.0f + (j % 16);  // min 1, max 16 -> d = 1
   x[5] = 3.5f;                                          // (3.5-1)+0.5 = 3 -> 3
@@ -467,7 +467,7 @@ TEST(QuantizeTest, Q4_1UsesMinAndRange) {
   EXPECT_EQ(q(6), 2);
 }
 
-TEST(QuantizeTest, ConstantAndZeroBlocksAreExact) {
+TEST(GgufQuantizeTest, ConstantAndZeroBlocksAreExact) {
   for (GgmlType t : {GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kQ4_1}) {
     const std::vector<float> zeros(64, 0.0f);
     EXPECT_THAT(Dequant(t, Quant(t, zeros), 64), ElementsAreArray(zeros)) << TypeName(t);
@@ -484,7 +484,7 @@ std::vector<float> RandomValues(int n, float scale, uint32_t seed) {
   return x;
 }
 
-TEST(QuantizeTest, RoundTripErrorBounds) {
+TEST(GgufQuantizeTest, RoundTripErrorBounds) {
   const int n = 32 * 64;
   for (uint32_t seed = 1; seed <= 3; ++seed) {
     const std::vector<float> x = RandomValues(n, 0.02f * seed, seed);
@@ -522,7 +522,7 @@ TEST(QuantizeTest, RoundTripErrorBounds) {
   }
 }
 
-TEST(QuantizeTest, NonFiniteInputDoesNotCrash) {
+TEST(GgufQuantizeTest, NonFiniteInputDoesNotCrash) {
   std::vector<float> x(32, 1.0f);
   x[3] = std::nanf("");
   x[4] = INFINITY;
@@ -532,7 +532,7 @@ TEST(QuantizeTest, NonFiniteInputDoesNotCrash) {
   }
 }
 
-TEST(QuantizeTest, RejectsOtherTypesAndPartialBlocks) {
+TEST(GgufQuantizeTest, RejectsOtherTypesAndPartialBlocks) {
   std::vector<float> x(256, 0.0f);
   std::vector<uint8_t> b(1024);
   absl::Status s = QuantizeRow(GgmlType::kQ4_K, x.data(), b.data(), 256);

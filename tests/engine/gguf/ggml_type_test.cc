@@ -5,7 +5,7 @@
 namespace kvserve::gguf {
 namespace {
 
-TEST(GgmlTypeTest, BlockLayoutsMatchGgml) {
+TEST(GgufTypeTest, BlockLayoutsMatchGgml) {
   EXPECT_EQ(BlockElements(GgmlType::kF32), 1);
   EXPECT_EQ(BlockBytes(GgmlType::kF32), 4u);
   EXPECT_EQ(BlockBytes(GgmlType::kF16), 2u);
@@ -25,7 +25,7 @@ TEST(GgmlTypeTest, BlockLayoutsMatchGgml) {
   EXPECT_EQ(BlockBytes(GgmlType::kQ8_K), 292u);
 }
 
-TEST(GgmlTypeTest, RowBytes) {
+TEST(GgufTypeTest, RowBytes) {
   EXPECT_EQ(RowBytes(GgmlType::kF32, 576), 576u * 4);
   EXPECT_EQ(RowBytes(GgmlType::kQ8_0, 576), 18u * 34);
   EXPECT_EQ(RowBytes(GgmlType::kQ4_1, 576), 18u * 20);
@@ -33,7 +33,7 @@ TEST(GgmlTypeTest, RowBytes) {
   EXPECT_EQ(RowBytes(GgmlType::kQ4_0, 0), 0u);
 }
 
-TEST(GgmlTypeTest, NamesAndSupport) {
+TEST(GgufTypeTest, NamesAndSupport) {
   EXPECT_EQ(TypeName(GgmlType::kQ4_1), "Q4_1");
   EXPECT_EQ(TypeName(GgmlType::kBF16), "BF16");
   EXPECT_EQ(TypeName(static_cast<GgmlType>(99)), "type99");
@@ -53,7 +53,7 @@ TEST(GgmlTypeTest, NamesAndSupport) {
   }
 }
 
-TEST(GgmlTypeDeathTest, RowBytesOfPartialBlockIsABug) {
+TEST(GgufTypeDeathTest, RowBytesOfPartialBlockIsABug) {
   EXPECT_DEATH(RowBytes(GgmlType::kQ4_0, 33), "multiple of the block size");
 }
 
