@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <random>
 
+#include "engine/model/sampler.h"
 #include "kvcache/contiguous_kv_cache.h"
 #include "server/cli_common.h"
 #include "server/commands.h"

@@ -64,8 +64,8 @@ int RunGenerate(const std::vector<std::string>& args) {
     if (cli.Has("system")) msgs.push_back({"system", cli.Get("system")});
     msgs.push_back({"user", cli.Get("prompt")});
     auto text = tokenizer::ApplyChatTemplate(tok.chat_template(), msgs,
-                                             /*add_generation_prompt=*/true, tok.bos_text(),
-                                             tok.eos_text());
+                                             /*add_generation_prompt=*/true,
+                                             tok.TokenText(tok.bos_id()), tok.TokenText(tok.eos_id()));
     if (!text.ok()) return Fail(text.status());
     prompt = tok.Encode(*text, tok.add_bos(), /*parse_special=*/true);
   } else {
@@ -84,7 +84,7 @@ int RunGenerate(const std::vector<std::string>& args) {
   model::Sampler sampler({static_cast<float>(*temperature), static_cast<int>(*top_k),
                           static_cast<float>(*top_p), static_cast<float>(*min_p),
                           static_cast<uint64_t>(*seed)});
-  tokenizer::StreamingDecoder out(tok);
+  tokenizer::StreamingDecoder out(&tok);
   model::Batch batch;
   std::vector<float> logits;
 

@@ -182,11 +182,19 @@ TEST(LlamaModelTest, QuantizedModelsStayCloseToReference) {
     const auto got = RunPrefill(l.model.get(), toks);
     const auto want = NaiveForward(s, l.weights, toks);
     // The reference uses the dequantised weights exactly; the engine also
-    // quantises activations to 8 bits per 32 values (relative error
-    // ~1/254 per value), so logits of magnitude ~3 may move by a few 1e-2.
-    double max_diff = 0;
-    for (size_t i = 0; i < got.size(); ++i) max_diff = std::max(max_diff, std::abs(got[i] - want[i]));
-    EXPECT_LT(max_diff, 0.15) << "type " << static_cast<int>(type);
+    // quantises activations to 8 bits per 32 values (relative error up to
+    // 1/254 per value), which compounds over the layers into a few percent
+    // of the logits' scale. A wrong block layout or scale instead gives
+    // errors as large as the logits themselves.
+    double sum_diff = 0, sum_abs = 0, max_diff = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      sum_diff += std::abs(got[i] - want[i]);
+      sum_abs += std::abs(want[i]);
+      max_diff = std::max(max_diff, std::abs(got[i] - want[i]));
+    }
+    const double mean_abs = sum_abs / got.size();
+    EXPECT_LT(sum_diff / got.size(), 0.03 * mean_abs) << "type " << static_cast<int>(type);
+    EXPECT_LT(max_diff, 0.25 * mean_abs) << "type " << static_cast<int>(type);
   }
 }
 

@@ -68,8 +68,9 @@ absl::Status WriteTinyLlama(const std::string& path, const TinyLlamaSpec& s,
   const auto M = s.matrix_type;
   std::vector<absl::Status> st;
   st.push_back(add("token_embd.weight", {E, s.n_vocab}, M, Random(&rng, size_t(E) * s.n_vocab, 1.0f)));
-  st.push_back(add("output_norm.weight", {E}, gguf::GgmlType::kF32, Random(&rng, E, 0.2f)));
-  for (float& x : weights->tensors["output_norm.weight"]) x += 1.0f;
+  auto out_norm = Random(&rng, E, 0.2f);
+  for (float& x : out_norm) x += 1.0f;
+  st.push_back(add("output_norm.weight", {E}, gguf::GgmlType::kF32, out_norm));
   if (!s.tied_output) {
     st.push_back(add("output.weight", {E, s.n_vocab}, M, Random(&rng, size_t(E) * s.n_vocab, 0.3f)));
   }
