@@ -63,8 +63,10 @@ class Tokenizer {
 
   // Concatenated pieces; with `skip_special`, control and unknown tokens
   // contribute nothing. Decode(Encode(s)) == s for valid UTF-8 `s` (without
-  // added bos/eos). The result may contain invalid UTF-8 where the ids split
-  // a character; see StreamingDecoder for incremental output.
+  // added bos/eos) whenever every byte of `s` has a byte token: bytes
+  // without one (SmolLM2 has none for e.g. 0x04 or 0xF1) are dropped by
+  // encoding, as in llama.cpp. The result may contain invalid UTF-8 where
+  // the ids split a character; see StreamingDecoder for incremental output.
   std::string Decode(const std::vector<int32_t>& ids, bool skip_special) const;
 
   int32_t n_vocab() const { return static_cast<int32_t>(vocab_.tokens.size()); }
