@@ -368,8 +368,10 @@ absl::Status GgufFile::Parse() {
   uint64_t n_tensors = 0, n_kv = 0;
   if (absl::Status s = p.Read("tensor count", &n_tensors); !s.ok()) return s;
   if (absl::Status s = p.Read("metadata count", &n_kv); !s.ok()) return s;
-  // A metadata entry takes at least 13 bytes (key length, value type, one
-  // byte of value); a tensor info at least 24 plus 8 per dimension.
+  // Counts are checked against the bytes left before anything is reserved: a
+  // metadata entry takes at least 13 bytes (key length, value type, one byte
+  // of value), a tensor info at least 32 (name length, dimension count, one
+  // dimension, type, offset).
   if (n_kv > r.remaining() / 13) {
     return p.Error("metadata count",
                    absl::StrCat(n_kv, " entries cannot fit in a file of ", size_, " bytes"));
@@ -534,22 +536,27 @@ absl::StatusOr<double> AsFloat(const MetadataValue& v) {
 
 }  // namespace
 
-// Typed lookups share one shape: find the key, convert, and prefix any
-// conversion error with the file and key.
-#define KV_GGUF_LOOKUP(key, v)                                                                   \
-  const MetadataValue* v = Find(key);                                                            \
-  if (v == nullptr) {                                                                            \
-    return absl::NotFoundError(absl::StrCat(path_, ": metadata key '", Sv(key), "' not found")); \
-  }
-
 namespace {
+
+absl::StatusOr<const MetadataValue*> Lookup(const GgufFile& f, std::string_view key) {
+  const MetadataValue* v = f.Find(key);
+  if (v == nullptr) {
+    return absl::NotFoundError(absl::StrCat(f.path(), ": metadata key '", Sv(key), "' not found"));
+  }
+  return v;
+}
+
+// Prefixes a conversion error with the file and key.
 absl::Status KeyError(const std::string& path, std::string_view key, const absl::Status& s) {
   return absl::Status(s.code(), absl::StrCat(path, ": metadata '", Sv(key), "' ", s.message()));
 }
+
 }  // namespace
 
 absl::StatusOr<std::string> GgufFile::GetString(std::string_view key) const {
-  KV_GGUF_LOOKUP(key, v);
+  absl::StatusOr<const MetadataValue*> found = Lookup(*this, key);
+  if (!found.ok()) return found.status();
+  const MetadataValue* v = *found;
   if (const auto* s = std::get_if<std::string>(&v->value)) return *s;
   return KeyError(path_, key,
                   absl::InvalidArgumentError(
@@ -557,28 +564,36 @@ absl::StatusOr<std::string> GgufFile::GetString(std::string_view key) const {
 }
 
 absl::StatusOr<uint64_t> GgufFile::GetUint(std::string_view key) const {
-  KV_GGUF_LOOKUP(key, v);
+  absl::StatusOr<const MetadataValue*> found = Lookup(*this, key);
+  if (!found.ok()) return found.status();
+  const MetadataValue* v = *found;
   absl::StatusOr<uint64_t> r = AsUint(*v);
   if (!r.ok()) return KeyError(path_, key, r.status());
   return r;
 }
 
 absl::StatusOr<int64_t> GgufFile::GetInt(std::string_view key) const {
-  KV_GGUF_LOOKUP(key, v);
+  absl::StatusOr<const MetadataValue*> found = Lookup(*this, key);
+  if (!found.ok()) return found.status();
+  const MetadataValue* v = *found;
   absl::StatusOr<int64_t> r = AsInt(*v);
   if (!r.ok()) return KeyError(path_, key, r.status());
   return r;
 }
 
 absl::StatusOr<double> GgufFile::GetFloat(std::string_view key) const {
-  KV_GGUF_LOOKUP(key, v);
+  absl::StatusOr<const MetadataValue*> found = Lookup(*this, key);
+  if (!found.ok()) return found.status();
+  const MetadataValue* v = *found;
   absl::StatusOr<double> r = AsFloat(*v);
   if (!r.ok()) return KeyError(path_, key, r.status());
   return r;
 }
 
 absl::StatusOr<bool> GgufFile::GetBool(std::string_view key) const {
-  KV_GGUF_LOOKUP(key, v);
+  absl::StatusOr<const MetadataValue*> found = Lookup(*this, key);
+  if (!found.ok()) return found.status();
+  const MetadataValue* v = *found;
   if (const auto* b = std::get_if<bool>(&v->value)) return *b;
   return KeyError(path_, key,
                   absl::InvalidArgumentError(
@@ -594,7 +609,9 @@ absl::StatusOr<const MetadataArray*> AsArray(const MetadataValue& v) {
 }  // namespace
 
 absl::StatusOr<std::vector<std::string>> GgufFile::GetStringArray(std::string_view key) const {
-  KV_GGUF_LOOKUP(key, v);
+  absl::StatusOr<const MetadataValue*> found = Lookup(*this, key);
+  if (!found.ok()) return found.status();
+  const MetadataValue* v = *found;
   absl::StatusOr<const MetadataArray*> a = AsArray(*v);
   if (!a.ok()) return KeyError(path_, key, a.status());
   std::vector<std::string> out;
@@ -614,7 +631,9 @@ absl::StatusOr<std::vector<std::string>> GgufFile::GetStringArray(std::string_vi
 }
 
 absl::StatusOr<std::vector<int64_t>> GgufFile::GetIntArray(std::string_view key) const {
-  KV_GGUF_LOOKUP(key, v);
+  absl::StatusOr<const MetadataValue*> found = Lookup(*this, key);
+  if (!found.ok()) return found.status();
+  const MetadataValue* v = *found;
   absl::StatusOr<const MetadataArray*> a = AsArray(*v);
   if (!a.ok()) return KeyError(path_, key, a.status());
   std::vector<int64_t> out;
@@ -632,7 +651,9 @@ absl::StatusOr<std::vector<int64_t>> GgufFile::GetIntArray(std::string_view key)
 }
 
 absl::StatusOr<std::vector<double>> GgufFile::GetFloatArray(std::string_view key) const {
-  KV_GGUF_LOOKUP(key, v);
+  absl::StatusOr<const MetadataValue*> found = Lookup(*this, key);
+  if (!found.ok()) return found.status();
+  const MetadataValue* v = *found;
   absl::StatusOr<const MetadataArray*> a = AsArray(*v);
   if (!a.ok()) return KeyError(path_, key, a.status());
   std::vector<double> out;
@@ -648,8 +669,6 @@ absl::StatusOr<std::vector<double>> GgufFile::GetFloatArray(std::string_view key
   }
   return out;
 }
-
-#undef KV_GGUF_LOOKUP
 
 const TensorInfo* GgufFile::FindTensor(std::string_view name) const {
   for (const TensorInfo& t : tensors_) {
