@@ -86,7 +86,7 @@ void BM_MatMul(benchmark::State& state, GgmlType type) {
 void Shapes(benchmark::internal::Benchmark* b) {
   const int64_t shapes[][2] = {{576, 576}, {576, 1536}, {1536, 576}, {576, 49152}};
   for (const auto& s : shapes) {
-    for (int64_t m : {1, 8, 512}) {
+    for (int64_t m : {1, 2, 3, 4, 8, 512}) {
       for (int64_t t : {1, 2}) b->Args({s[0], s[1], m, t});
     }
   }

@@ -77,6 +77,38 @@ inline int32_t FloatAsAux(float f) {
   return a;
 }
 
+// Layout facts of the quantised weight blocks, for the kernel templates.
+template <gguf::GgmlType T>
+struct QuantTraits;
+template <>
+struct QuantTraits<gguf::GgmlType::kQ4_0> {
+  static constexpr size_t kBlockBytes = sizeof(BlockQ4_0);
+  static constexpr size_t kQsOffset = 2;
+  static constexpr bool kNibbles = true;
+  static constexpr bool kHasMin = false;
+};
+template <>
+struct QuantTraits<gguf::GgmlType::kQ4_1> {
+  static constexpr size_t kBlockBytes = sizeof(BlockQ4_1);
+  static constexpr size_t kQsOffset = 4;
+  static constexpr bool kNibbles = true;
+  static constexpr bool kHasMin = true;
+};
+template <>
+struct QuantTraits<gguf::GgmlType::kQ8_0> {
+  static constexpr size_t kBlockBytes = sizeof(BlockQ8_0);
+  static constexpr size_t kQsOffset = 2;
+  static constexpr bool kNibbles = false;
+  static constexpr bool kHasMin = false;
+};
+
+// An unaligned 32-bit load.
+inline int32_t LoadI32(const void* p) {
+  int32_t v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+
 inline bool IsQuantizedWeight(gguf::GgmlType t) {
   return t == gguf::GgmlType::kQ4_0 || t == gguf::GgmlType::kQ4_1 || t == gguf::GgmlType::kQ8_0;
 }

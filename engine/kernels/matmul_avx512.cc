@@ -95,36 +95,6 @@ void QuantizeRowsAvx512(const float* x, int64_t n_in, int64_t m, int64_t r0, int
 // ---------------------------------------------------------------------------
 // Quantised weights.
 
-template <GgmlType T>
-struct QTraits;
-template <>
-struct QTraits<GgmlType::kQ4_0> {
-  static constexpr size_t kBlockBytes = sizeof(BlockQ4_0);
-  static constexpr size_t kQsOffset = 2;
-  static constexpr bool kNibbles = true;
-  static constexpr bool kHasMin = false;
-};
-template <>
-struct QTraits<GgmlType::kQ4_1> {
-  static constexpr size_t kBlockBytes = sizeof(BlockQ4_1);
-  static constexpr size_t kQsOffset = 4;
-  static constexpr bool kNibbles = true;
-  static constexpr bool kHasMin = true;
-};
-template <>
-struct QTraits<GgmlType::kQ8_0> {
-  static constexpr size_t kBlockBytes = sizeof(BlockQ8_0);
-  static constexpr size_t kQsOffset = 2;
-  static constexpr bool kNibbles = false;
-  static constexpr bool kHasMin = false;
-};
-
-inline int32_t Load32(const void* p) {
-  int32_t v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
 // f16 values in the low / high halves of 16 int32 lanes, as f32.
 inline __m512 F16LowToF32(__m512i g) { return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g)); }
 inline __m512 F16HighToF32(__m512i g) {
@@ -143,6 +113,37 @@ inline __m512i Load4x16(const uint8_t* p0, const uint8_t* p1, const uint8_t* p2,
   return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
 }
 
+// The 16 weight rows of a group. A full group addresses row 4e + L as
+// quad[e] + L * rb, which x86 addressing modes express directly; a pointer
+// per row would not stay in registers. The partial group at the end of a
+// column range repeats its last row (those lanes are never stored).
+template <bool kFull>
+struct RowGroup {
+  const uint8_t* quad[4];
+  size_t rb, rb3;
+  const uint8_t* row[16];
+
+  RowGroup(const uint8_t* base, size_t row_bytes, int nrows) : rb(row_bytes), rb3(3 * row_bytes) {
+    if constexpr (kFull) {
+      KV_UNROLL
+      for (int e = 0; e < 4; ++e) quad[e] = base + 4 * e * rb;
+    } else {
+      KV_UNROLL
+      for (int i = 0; i < 16; ++i) row[i] = base + std::min(i, nrows - 1) * rb;
+    }
+  }
+  // 16 bytes at offset off of rows 4e .. 4e+3, one row per 128-bit lane.
+  __m512i Load4(int e, size_t off) const {
+    if constexpr (kFull) {
+      const uint8_t* p = quad[e] + off;
+      return Load4x16(p, p + rb, p + 2 * rb, p + rb3);
+    } else {
+      return Load4x16(row[4 * e] + off, row[4 * e + 1] + off, row[4 * e + 2] + off,
+                      row[4 * e + 3] + off);
+    }
+  }
+};
+
 // a_e holds 4 partial sums of row 4e + L in 128-bit lane L. Returns the row
 // sums with row 4e + L in lane 4L + e (kLaneRow below).
 inline __m512i Reduce4x4(__m512i a0, __m512i a1, __m512i a2, __m512i a3) {
@@ -157,72 +158,78 @@ inline __m512i Reduce4x4(__m512i a0, __m512i a1, __m512i a2, __m512i a3) {
 // its own inverse, so permuting by it also restores row order.
 alignas(64) constexpr int32_t kLaneRow[16] = {0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15};
 
-// m == 1: y[c0..c1) = W[c0..c1) x.
-template <GgmlType T>
-void GemvQ(const WeightView& w, const ActBlock* act, int64_t c0, int64_t c1, float* y) {
-  using Tr = QTraits<T>;
-  const int64_t nb = w.n_in / kQK;
-  const size_t rb = w.row_bytes;
-  const __m512i lane_row = _mm512_load_si512(kLaneRow);
+// m == 1: y[r0 .. r0+nrows) for one group of 16 weight rows at `base`;
+// `next` (nullable) is prefetched, next_bytes of it spread over the blocks.
+template <GgmlType T, bool kFull>
+void GemvGroup(const uint8_t* base, size_t rb, int nrows, int64_t nb, const ActBlock* act,
+               const uint8_t* next, int64_t next_bytes, float* y) {
+  using Tr = QuantTraits<T>;
   const __m512i nib = _mm512_set1_epi8(0x0F);
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  const RowGroup<kFull> rows(base + Tr::kQsOffset, rb, nrows);
+  const int64_t next_lines = (next_bytes + 63) / 64;
+  const int64_t lines_per_block = (next_lines + nb - 1) / nb;
+  // Offsets of the row each lane accumulates (kLaneRow order), for the
+  // gather of the block heads (f16 scale, and for Q4_1 the f16 minimum). A
+  // gather measured faster here than scalar copies of the heads.
+  const __m512i head_idx = _mm512_mullo_epi32(
+      _mm512_min_epi32(_mm512_load_si512(kLaneRow), _mm512_set1_epi32(nrows - 1)),
+      _mm512_set1_epi32(static_cast<int>(rb)));
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t l_end = std::min(next_lines, (b + 1) * lines_per_block);
+    for (int64_t l = b * lines_per_block; l < l_end; ++l) {
+      _mm_prefetch(reinterpret_cast<const char*>(next + l * 64), _MM_HINT_T0);
+    }
+    const ActBlock& a = act[b];
+    const size_t off = b * Tr::kBlockBytes;
+    const __m512i xlo =
+        _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.qs)));
+    const __m512i xhi =
+        _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.qs + 16)));
+    __m512i s[4];
+    KV_UNROLL
+    for (int e = 0; e < 4; ++e) {
+      __m512i lo, hi;
+      if constexpr (Tr::kNibbles) {
+        const __m512i t = rows.Load4(e, off);
+        lo = _mm512_and_si512(t, nib);
+        hi = _mm512_and_si512(_mm512_srli_epi16(t, 4), nib);
+      } else {
+        lo = _mm512_xor_si512(rows.Load4(e, off), flip);
+        hi = _mm512_xor_si512(rows.Load4(e, off + 16), flip);
+      }
+      s[e] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xlo), hi, xhi);
+    }
+    __m512i isum = Reduce4x4(s[0], s[1], s[2], s[3]);
+    if constexpr (!Tr::kHasMin) isum = _mm512_add_epi32(isum, _mm512_set1_epi32(a.aux));
+    const __m512i g = _mm512_i32gather_epi32(head_idx, base + off, 1);
+    const __m512 scale = _mm512_mul_ps(F16LowToF32(g), _mm512_set1_ps(a.d));
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, acc);
+    if constexpr (Tr::kHasMin) {
+      acc = _mm512_fmadd_ps(F16HighToF32(g), _mm512_set1_ps(AuxAsFloat(a.aux)), acc);
+    }
+  }
+  const __m512 out = _mm512_permutexvar_ps(_mm512_load_si512(kLaneRow), acc);
+  _mm512_mask_storeu_ps(y, static_cast<__mmask16>((1u << nrows) - 1), out);
+}
+
+// m == 1: y[c0..c1) = W[c0..c1) x, streaming groups of 16 rows.
+template <GgmlType T>
+void GemvQ(const WeightView& w, const ActBlock* act, int64_t c0, int64_t c1, float* y) {
+  const int64_t nb = w.n_in / kQK;
+  const size_t rb = w.row_bytes;
   for (int64_t r0 = c0; r0 < c1; r0 += 16) {
     const int nrows = static_cast<int>(std::min<int64_t>(16, c1 - r0));
     const uint8_t* base = w.data + r0 * rb;
-    // Rows past the end repeat the last row; their lanes are not stored.
-    const uint8_t* rp[16];
-    KV_UNROLL
-    for (int i = 0; i < 16; ++i) rp[i] = base + std::min(i, nrows - 1) * rb + Tr::kQsOffset;
-    const __m512i gidx =
-        _mm512_mullo_epi32(_mm512_min_epi32(lane_row, _mm512_set1_epi32(nrows - 1)),
-                           _mm512_set1_epi32(static_cast<int>(rb)));
-    // Software prefetch of the next group, spread over this group's blocks.
-    const uint8_t* next = base + 16 * rb;
-    const int64_t next_lines =
-        r0 + 16 < c1 ? static_cast<int64_t>((std::min<int64_t>(16, c1 - r0 - 16) * rb + 63) / 64)
-                     : 0;
-    const int64_t lines_per_block = (next_lines + nb - 1) / nb;
-    __m512 acc = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nb; ++b) {
-      for (int64_t l = b * lines_per_block; l < std::min(next_lines, (b + 1) * lines_per_block);
-           ++l) {
-        _mm_prefetch(reinterpret_cast<const char*>(next + l * 64), _MM_HINT_T0);
-      }
-      const ActBlock& a = act[b];
-      const size_t off = b * Tr::kBlockBytes;
-      const __m512i xlo =
-          _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.qs)));
-      const __m512i xhi =
-          _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.qs + 16)));
-      __m512i s[4];
-      KV_UNROLL
-      for (int e = 0; e < 4; ++e) {
-        const uint8_t* p0 = rp[4 * e] + off;
-        const uint8_t* p1 = rp[4 * e + 1] + off;
-        const uint8_t* p2 = rp[4 * e + 2] + off;
-        const uint8_t* p3 = rp[4 * e + 3] + off;
-        __m512i lo, hi;
-        if constexpr (Tr::kNibbles) {
-          const __m512i t = Load4x16(p0, p1, p2, p3);
-          lo = _mm512_and_si512(t, nib);
-          hi = _mm512_and_si512(_mm512_srli_epi16(t, 4), nib);
-        } else {
-          lo = _mm512_xor_si512(Load4x16(p0, p1, p2, p3), flip);
-          hi = _mm512_xor_si512(Load4x16(p0 + 16, p1 + 16, p2 + 16, p3 + 16), flip);
-        }
-        s[e] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xlo), hi, xhi);
-      }
-      __m512i isum = Reduce4x4(s[0], s[1], s[2], s[3]);
-      if constexpr (!Tr::kHasMin) isum = _mm512_add_epi32(isum, _mm512_set1_epi32(a.aux));
-      const __m512i g = _mm512_i32gather_epi32(gidx, base + off, 1);
-      const __m512 scale = _mm512_mul_ps(F16LowToF32(g), _mm512_set1_ps(a.d));
-      acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, acc);
-      if constexpr (Tr::kHasMin) {
-        acc = _mm512_fmadd_ps(F16HighToF32(g), _mm512_set1_ps(AuxAsFloat(a.aux)), acc);
-      }
+    // Prefetch the next group while working on this one.
+    const int64_t next_bytes =
+        r0 + 16 < c1 ? std::min<int64_t>(16, c1 - r0 - 16) * static_cast<int64_t>(rb) : 0;
+    if (nrows == 16) {
+      GemvGroup<T, true>(base, rb, nrows, nb, act, base + 16 * rb, next_bytes, y + r0);
+    } else {
+      GemvGroup<T, false>(base, rb, nrows, nb, act, base + 16 * rb, next_bytes, y + r0);
     }
-    const __m512 out = _mm512_permutexvar_ps(lane_row, acc);
-    _mm512_mask_storeu_ps(y + r0, static_cast<__mmask16>((1u << nrows) - 1), out);
   }
 }
 
@@ -232,32 +239,63 @@ constexpr int kBufBlockBytes = 8 * 64 + 64 + 64;
 constexpr int kChunkBlocks = 16;  // blocks per buffer fill: 10 KiB, L1-resident
 constexpr int kTileRows = 12;     // activation rows per register tile
 
-template <GgmlType T>
-void UnpackTile(const uint8_t* base, size_t rb, int nrows, int nblk, uint8_t* buf) {
-  using Tr = QTraits<T>;
-  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const __m512i idx = _mm512_mullo_epi32(_mm512_min_epi32(iota, _mm512_set1_epi32(nrows - 1)),
-                                         _mm512_set1_epi32(static_cast<int>(rb)));
+// In-lane 4x4 transpose of 32-bit elements: afterwards t_d holds, in
+// 128-bit lane L, element d of lane L of r_0 .. r_3.
+inline void Transpose4x4(__m512i r0, __m512i r1, __m512i r2, __m512i r3, __m512i* t) {
+  const __m512i a0 = _mm512_unpacklo_epi32(r0, r1);
+  const __m512i a1 = _mm512_unpackhi_epi32(r0, r1);
+  const __m512i a2 = _mm512_unpacklo_epi32(r2, r3);
+  const __m512i a3 = _mm512_unpackhi_epi32(r2, r3);
+  t[0] = _mm512_unpacklo_epi64(a0, a2);
+  t[1] = _mm512_unpackhi_epi64(a0, a2);
+  t[2] = _mm512_unpacklo_epi64(a1, a3);
+  t[3] = _mm512_unpackhi_epi64(a1, a3);
+}
+
+// Unpacks blocks [0, nblk) of 16 rows starting at `base` (rows rb bytes
+// apart; only the first nrows are real, the rest repeat the last one) into
+// buf. Rows are read with contiguous loads, four to a zmm (one per 128-bit
+// lane), and transposed in registers, which leaves row 4e + L in lane
+// 4L + e (kLaneRow); the scales are stored in the same order.
+template <GgmlType T, bool kFull>
+void UnpackTile(const uint8_t* base, size_t rb, int nrows, int nblk, const uint8_t* prefetch,
+                uint8_t* buf) {
+  using Tr = QuantTraits<T>;
+  const __m512i head_idx = _mm512_mullo_epi32(
+      _mm512_min_epi32(_mm512_load_si512(kLaneRow), _mm512_set1_epi32(nrows - 1)),
+      _mm512_set1_epi32(static_cast<int>(rb)));
   const __m512i nib = _mm512_set1_epi8(0x0F);
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  const RowGroup<kFull> rows(base + Tr::kQsOffset, rb, nrows);
   for (int b = 0; b < nblk; ++b) {
-    const uint8_t* p = base + b * Tr::kBlockBytes;
+    const size_t off = b * Tr::kBlockBytes;
     uint8_t* o = buf + b * kBufBlockBytes;
-    if constexpr (Tr::kNibbles) {
+    if (prefetch != nullptr) {
       KV_UNROLL
-      for (int d = 0; d < 4; ++d) {
-        const __m512i g = _mm512_i32gather_epi32(idx, p + Tr::kQsOffset + 4 * d, 1);
-        _mm512_store_si512(o + 64 * d, _mm512_and_si512(g, nib));
-        _mm512_store_si512(o + 64 * (d + 4), _mm512_and_si512(_mm512_srli_epi32(g, 4), nib));
-      }
-    } else {
-      KV_UNROLL
-      for (int c = 0; c < 8; ++c) {
-        const __m512i g = _mm512_i32gather_epi32(idx, p + Tr::kQsOffset + 4 * c, 1);
-        _mm512_store_si512(o + 64 * c, _mm512_xor_si512(g, flip));
+      for (int i = 0; i < 16; ++i) {
+        _mm_prefetch(reinterpret_cast<const char*>(prefetch + i * rb + off), _MM_HINT_T0);
       }
     }
-    const __m512i g = _mm512_i32gather_epi32(idx, p, 1);
+    __m512i lo[4], hi[4];
+    KV_UNROLL
+    for (int e = 0; e < 4; ++e) {
+      const __m512i t = rows.Load4(e, off);
+      if constexpr (Tr::kNibbles) {
+        lo[e] = _mm512_and_si512(t, nib);
+        hi[e] = _mm512_and_si512(_mm512_srli_epi16(t, 4), nib);
+      } else {
+        lo[e] = _mm512_xor_si512(t, flip);
+        hi[e] = _mm512_xor_si512(rows.Load4(e, off + 16), flip);
+      }
+    }
+    __m512i t[4];
+    Transpose4x4(lo[0], lo[1], lo[2], lo[3], t);
+    KV_UNROLL
+    for (int c = 0; c < 4; ++c) _mm512_store_si512(o + 64 * c, t[c]);
+    Transpose4x4(hi[0], hi[1], hi[2], hi[3], t);
+    KV_UNROLL
+    for (int c = 0; c < 4; ++c) _mm512_store_si512(o + 64 * (c + 4), t[c]);
+    const __m512i g = _mm512_i32gather_epi32(head_idx, base + off, 1);
     _mm512_store_ps(o + 512, F16LowToF32(g));
     if constexpr (Tr::kHasMin) _mm512_store_ps(o + 576, F16HighToF32(g));
   }
@@ -269,11 +307,14 @@ void UnpackTile(const uint8_t* base, size_t rb, int nrows, int nblk, uint8_t* bu
 template <GgmlType T, int C>
 void TileQ(const uint8_t* buf, int nblk, const ActBlock* a, int64_t m, float* y, int64_t n_out,
            bool first, __mmask16 cols) {
-  using Tr = QTraits<T>;
+  using Tr = QuantTraits<T>;
+  // Lanes hold the buffer's row order (kLaneRow); y is in natural order.
+  const __m512i lane_row = _mm512_load_si512(kLaneRow);
   __m512 acc[C];
   KV_UNROLL
   for (int j = 0; j < C; ++j) {
-    acc[j] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(cols, y + j * n_out);
+    acc[j] = first ? _mm512_setzero_ps()
+                   : _mm512_permutexvar_ps(lane_row, _mm512_maskz_loadu_ps(cols, y + j * n_out));
   }
   for (int b = 0; b < nblk; ++b) {
     const uint8_t* wb = buf + b * kBufBlockBytes;
@@ -288,7 +329,7 @@ void TileQ(const uint8_t* buf, int nblk, const ActBlock* a, int64_t m, float* y,
       const __m512i wv = _mm512_load_si512(wb + 64 * c);
       KV_UNROLL
       for (int j = 0; j < C; ++j) {
-        ia[j] = _mm512_dpbusd_epi32(ia[j], wv, _mm512_set1_epi32(Load32(ab[j].qs + 4 * c)));
+        ia[j] = _mm512_dpbusd_epi32(ia[j], wv, _mm512_set1_epi32(LoadI32(ab[j].qs + 4 * c)));
       }
     }
     const __m512 dw = _mm512_load_ps(wb + 512);
@@ -306,7 +347,9 @@ void TileQ(const uint8_t* buf, int nblk, const ActBlock* a, int64_t m, float* y,
     }
   }
   KV_UNROLL
-  for (int j = 0; j < C; ++j) _mm512_mask_storeu_ps(y + j * n_out, cols, acc[j]);
+  for (int j = 0; j < C; ++j) {
+    _mm512_mask_storeu_ps(y + j * n_out, cols, _mm512_permutexvar_ps(lane_row, acc[j]));
+  }
 }
 
 template <GgmlType T, int C = kTileRows>
@@ -322,7 +365,7 @@ template <GgmlType T>
 void MatMulQT(const WeightView& w, const ActBlock* act, int64_t m, int64_t c0, int64_t c1,
               float* y) {
   if (m == 1) return GemvQ<T>(w, act, c0, c1, y);
-  using Tr = QTraits<T>;
+  using Tr = QuantTraits<T>;
   const int64_t nb = w.n_in / kQK;
   alignas(64) uint8_t buf[kChunkBlocks * kBufBlockBytes];
   for (int64_t r0 = c0; r0 < c1; r0 += 16) {
@@ -330,8 +373,14 @@ void MatMulQT(const WeightView& w, const ActBlock* act, int64_t m, int64_t c0, i
     const __mmask16 cols = static_cast<__mmask16>((1u << nrows) - 1);
     for (int64_t kb0 = 0; kb0 < nb; kb0 += kChunkBlocks) {
       const int nblk = static_cast<int>(std::min<int64_t>(kChunkBlocks, nb - kb0));
-      UnpackTile<T>(w.data + r0 * w.row_bytes + kb0 * Tr::kBlockBytes, w.row_bytes, nrows, nblk,
-                    buf);
+      // Prefetch the same blocks of the next 16 rows while unpacking.
+      const uint8_t* tile = w.data + r0 * w.row_bytes + kb0 * Tr::kBlockBytes;
+      const uint8_t* prefetch = r0 + 32 <= c1 ? tile + 16 * w.row_bytes : nullptr;
+      if (nrows == 16) {
+        UnpackTile<T, true>(tile, w.row_bytes, nrows, nblk, prefetch, buf);
+      } else {
+        UnpackTile<T, false>(tile, w.row_bytes, nrows, nblk, prefetch, buf);
+      }
       for (int64_t i0 = 0; i0 < m; i0 += kTileRows) {
         const int rows = static_cast<int>(std::min<int64_t>(kTileRows, m - i0));
         TileQDispatch<T>(rows, buf, nblk, act + kb0 * m + i0, m, y + i0 * w.n_out + r0, w.n_out,
