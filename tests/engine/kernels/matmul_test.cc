@@ -449,28 +449,30 @@ TEST(MatMulTest, ActivationQuantisationMatchesSpecOnEveryPath) {
 }
 
 // Every path against the double references.
+// m = 1 and m = 5 take different kernels (streaming GEMV, register tiles).
 TEST(MatMulTest, MatchesDoubleReference) {
-  const int64_t m = 5;
   for (const std::string& isa : Isas()) {
     IsaGuard guard(isa);
     for (GgmlType t : kAllTypes) {
       for (const Shape& s : ShapesFor(t)) {
-        SCOPED_TRACE(isa + " " + Name(t) + " " + std::to_string(s.n_in) + "x" +
-                     std::to_string(s.n_out));
-        const Weights w = MakeWeights(t, s.n_in, s.n_out, 1 + s.n_in + s.n_out);
-        const std::vector<float> x = MakeActivations(m, s.n_in, 3);
-        const std::vector<float> y = RunMatMul(w, x, m, 2);
-        for (int64_t i = 0; i < m; ++i) {
-          const QuantAct qa = IsQuant(t) ? QuantizeRef(&x[i * s.n_in], s.n_in) : QuantAct{};
-          for (int64_t j = 0; j < s.n_out; ++j) {
-            const Ref r = Reference(w, &x[i * s.n_in], qa, j);
-            const float got = y[i * s.n_out + j];
-            // f32 rounding of at most n_in / 16 + 4 sequential additions
-            // (float types) or one fma per block (quantised): well inside
-            // 1e-5 of the sum of |terms| for n_in <= 1536.
-            const double tight = 1e-5 * r.scale + 1e-30;
-            ASSERT_NEAR(got, r.on_quantized, tight) << "row " << i << " col " << j;
-            ASSERT_NEAR(got, r.on_float, tight + r.quant_bound) << "row " << i << " col " << j;
+        for (int64_t m : {1, 5}) {
+          SCOPED_TRACE(isa + " " + Name(t) + " " + std::to_string(s.n_in) + "x" +
+                       std::to_string(s.n_out) + " m=" + std::to_string(m));
+          const Weights w = MakeWeights(t, s.n_in, s.n_out, 1 + s.n_in + s.n_out);
+          const std::vector<float> x = MakeActivations(m, s.n_in, 3);
+          const std::vector<float> y = RunMatMul(w, x, m, 2);
+          for (int64_t i = 0; i < m; ++i) {
+            const QuantAct qa = IsQuant(t) ? QuantizeRef(&x[i * s.n_in], s.n_in) : QuantAct{};
+            for (int64_t j = 0; j < s.n_out; ++j) {
+              const Ref r = Reference(w, &x[i * s.n_in], qa, j);
+              const float got = y[i * s.n_out + j];
+              // f32 rounding of at most n_in / 16 + 4 sequential additions
+              // (float types) or one fma per block (quantised): well inside
+              // 1e-5 of the sum of |terms| for n_in <= 1536.
+              const double tight = 1e-5 * r.scale + 1e-30;
+              ASSERT_NEAR(got, r.on_quantized, tight) << "row " << i << " col " << j;
+              ASSERT_NEAR(got, r.on_float, tight + r.quant_bound) << "row " << i << " col " << j;
+            }
           }
         }
       }
