@@ -30,9 +30,6 @@ class Attention {
                const int32_t* positions, int n, float* out, ThreadPool* pool);
 
  private:
-  void OneRow(const kvcache::KvStore& kv, int layer, const float* q, int32_t seq, int32_t pos,
-              int kv_head, float* out, std::vector<float>* scratch) const;
-
   int n_head_;
   int n_kv_head_;
   int head_dim_;
