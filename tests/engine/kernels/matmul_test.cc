@@ -23,6 +23,8 @@
 
 #include "common/fp16.h"
 #include "common/thread_pool.h"
+#include "engine/gguf/dequantize.h"
+#include "engine/gguf/ggml_type.h"
 #include "engine/kernels/blocks.h"
 #include "engine/kernels/matmul_internal.h"
 #include "engine/kernels/quantize_activations.h"
@@ -656,6 +658,70 @@ TEST(MatMulTest, ScratchReuse) {
       MatMul(w.View(), x.data(), m, y.data(), &pool, &scratch);
       const std::vector<float> want = RunMatMul(w, x, m, 1);
       for (size_t e = 0; e < want.size(); ++e) ASSERT_TRUE(BitEqual(y[e], want[e]));
+    }
+  }
+}
+
+// The kernels' block layouts (blocks.h) agree with engine/gguf's independent
+// implementation: weights written by gguf::QuantizeRow, multiplied on every
+// path, match a reference built from gguf::DequantizeRow.
+TEST(MatMulTest, AgreesWithGgufCodec) {
+  const int64_t n_in = 576, n_out = 23, m = 3;
+  const std::vector<float> x = MakeActivations(m, n_in, 31);
+  std::mt19937 rng(32);
+  std::normal_distribution<float> nd(0.0f, 0.05f);
+  for (GgmlType t : kAllTypes) {
+    const size_t rb = gguf::RowBytes(t, n_in);
+    std::vector<uint8_t> data(rb * n_out);
+    std::vector<float> deq(n_in * n_out);
+    for (int64_t r = 0; r < n_out; ++r) {
+      std::vector<float> src(n_in);
+      for (float& v : src) v = nd(rng) + 0.01f * static_cast<float>(r % 3);
+      ASSERT_TRUE(gguf::QuantizeRow(t, src.data(), data.data() + r * rb, n_in).ok());
+      ASSERT_TRUE(gguf::DequantizeRow(t, data.data() + r * rb, deq.data() + r * n_in, n_in).ok());
+    }
+    WeightView w;
+    w.type = t;
+    w.n_in = n_in;
+    w.n_out = n_out;
+    w.data = data.data();
+    w.row_bytes = rb;
+    for (const std::string& isa : Isas()) {
+      IsaGuard guard(isa);
+      SCOPED_TRACE(isa + " " + Name(t));
+      std::vector<float> y(m * n_out);
+      ThreadPool pool(2);
+      MatMulScratch scratch;
+      MatMul(w, x.data(), m, y.data(), &pool, &scratch);
+      for (int64_t i = 0; i < m; ++i) {
+        const float* xi = &x[i * n_in];
+        const QuantAct qa = QuantizeRef(xi, n_in);
+        for (int64_t j = 0; j < n_out; ++j) {
+          const float* wj = &deq[j * n_in];
+          double ref = 0, scale = 0, quant_bound = 0;
+          for (int64_t k = 0; k < n_in; ++k) {
+            ref += static_cast<double>(wj[k]) * xi[k];
+            scale += std::fabs(static_cast<double>(wj[k]) * xi[k]);
+          }
+          if (IsQuant(t)) {
+            // As in Reference(): the error that quantising x may cause.
+            for (int64_t b = 0; b < n_in / 32; ++b) {
+              double wabs = 0;
+              for (int k = 0; k < 32; ++k) wabs += std::fabs(wj[b * 32 + k]);
+              const double dr = qa.d_raw[b], dx = qa.d[b];
+              quant_bound += wabs * (0.5 * dr * 1.001 + 127.0 * std::fabs(dr - dx));
+              if (t == GgmlType::kQ4_1) {
+                uint16_t hm;
+                std::memcpy(&hm, data.data() + j * rb + b * 20 + 2, 2);
+                quant_bound +=
+                    std::fabs(F(hm)) * (std::fabs(dr * qa.sum[b]) * std::ldexp(1.0, -10) +
+                                        std::fabs(dr - dx) * std::abs(qa.sum[b]));
+              }
+            }
+          }
+          ASSERT_NEAR(y[i * n_out + j], ref, 1e-5 * scale + quant_bound) << i << " " << j;
+        }
+      }
     }
   }
 }
