@@ -47,6 +47,8 @@ bool MatMulSupports(gguf::GgmlType type);
 
 // y[m][n_out] = x[m][n_in] * W^T.
 //   x: [m, n_in] row-major f32, y: [m, n_out] row-major f32.
+// With quantised weights, non-finite activations give unspecified (but
+// memory-safe) outputs.
 // n_in must be a multiple of 32 for quantised types. pool may be nullptr
 // (run on the calling thread); scratch is only used for quantised types.
 void MatMul(const WeightView& w, const float* x, int64_t m, float* y, ThreadPool* pool,

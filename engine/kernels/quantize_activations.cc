@@ -15,7 +15,10 @@ void QuantizeActBlockScalar(const float* x, ActKind kind, ActBlock* out) {
   for (int k = 0; k < kQK; ++k) {
     // nearbyint rounds half to even in the default rounding mode, like the
     // SIMD conversions (and llama.cpp's _mm256_round_ps(_MM_ROUND_NEAREST)).
-    const int32_t q = static_cast<int32_t>(std::nearbyint(x[k] * id));
+    const float v = std::nearbyint(x[k] * id);
+    // |v| <= 127 for finite input; the test keeps NaN / inf (garbage in any
+    // case) from reaching an undefined float-to-int conversion.
+    const int32_t q = std::fabs(v) <= 127.0f ? static_cast<int32_t>(v) : 0;
     out->qs[k] = static_cast<int8_t>(q);
     sum += q;
   }
