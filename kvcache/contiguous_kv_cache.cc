@@ -1,10 +1,22 @@
 #include "kvcache/contiguous_kv_cache.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
 #include "common/fp16.h"
 
 namespace kvserve::kvcache {
+namespace {
+
+// f16 with overflow saturated to the largest finite value: attention gives
+// positions outside a query's range weight 0, and 0 * inf would be NaN.
+uint16_t ToF16Saturated(float x) {
+  constexpr float kMax = 65504.0f;
+  return Fp32ToFp16(std::clamp(x, -kMax, kMax));
+}
+
+}  // namespace
 
 absl::Status ContiguousKvCache::AddSequence(int seq, int max_tokens) {
   if (max_tokens <= 0) {
@@ -13,7 +25,8 @@ absl::Status ContiguousKvCache::AddSequence(int seq, int max_tokens) {
   if (seqs_.count(seq)) return absl::AlreadyExistsError(absl::StrCat("sequence ", seq));
   auto s = std::make_unique<Sequence>();
   s->capacity = max_tokens;
-  const size_t n = static_cast<size_t>(max_tokens) * shape_.row_width();
+  s->stride = (max_tokens + kKvSpanAlign - 1) / kKvSpanAlign * kKvSpanAlign;
+  const size_t n = static_cast<size_t>(s->stride) * shape_.row_width();
   s->k.assign(shape_.n_layers, std::vector<uint16_t>(n));
   s->v.assign(shape_.n_layers, std::vector<uint16_t>(n));
   seqs_[seq] = std::move(s);
@@ -25,7 +38,7 @@ void ContiguousKvCache::RemoveSequence(int seq) { seqs_.erase(seq); }
 size_t ContiguousKvCache::bytes() const {
   size_t total = 0;
   for (const auto& [id, s] : seqs_) {
-    total += 2ull * shape_.n_layers * s->capacity * shape_.row_width() * sizeof(uint16_t);
+    total += 2ull * shape_.n_layers * s->stride * shape_.row_width() * sizeof(uint16_t);
   }
   return total;
 }
@@ -37,12 +50,14 @@ void ContiguousKvCache::Write(int seq, int layer, int pos, int n, const float* k
   KV_CHECK(pos >= 0 && n >= 0 && pos + n <= s.capacity);
   KV_CHECK(layer >= 0 && layer < shape_.n_layers);
   const int w = shape_.row_width();
-  uint16_t* kd = s.k[layer].data() + static_cast<size_t>(pos) * w;
+  uint16_t* kd = s.k[layer].data();
   uint16_t* vd = s.v[layer].data() + static_cast<size_t>(pos) * w;
-  for (int64_t i = 0; i < static_cast<int64_t>(n) * w; ++i) {
-    kd[i] = Fp32ToFp16(k[i]);
-    vd[i] = Fp32ToFp16(v[i]);
+  for (int j = 0; j < n; ++j) {
+    for (int c = 0; c < w; ++c) {
+      kd[static_cast<size_t>(c) * s.stride + pos + j] = ToF16Saturated(k[static_cast<size_t>(j) * w + c]);
+    }
   }
+  for (int64_t i = 0; i < static_cast<int64_t>(n) * w; ++i) vd[i] = ToF16Saturated(v[i]);
 }
 
 void ContiguousKvCache::Read(int seq, int layer, int end, std::vector<KvSpan>* spans) const {
@@ -51,7 +66,7 @@ void ContiguousKvCache::Read(int seq, int layer, int end, std::vector<KvSpan>* s
   const Sequence& s = *it->second;
   KV_CHECK(end >= 0 && end <= s.capacity);
   if (end == 0) return;
-  spans->push_back(KvSpan{0, end, s.k[layer].data(), s.v[layer].data()});
+  spans->push_back(KvSpan{0, end, s.k[layer].data(), s.stride, s.v[layer].data()});
 }
 
 }  // namespace kvserve::kvcache

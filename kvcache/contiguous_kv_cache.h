@@ -36,8 +36,9 @@ class ContiguousKvCache : public KvStore {
 
  private:
   struct Sequence {
-    int capacity = 0;
-    // Per layer: K then V, each [capacity, row_width] f16.
+    int capacity = 0;  // positions the caller reserved
+    int stride = 0;    // capacity rounded up to kKvSpanAlign
+    // Per layer: K [row_width][stride] and V [stride][row_width], f16.
     std::vector<std::vector<uint16_t>> k, v;
   };
   KvShape shape_;

@@ -2,8 +2,11 @@
 // sequence's past tokens live, layer by layer.
 //
 // Keys are stored after RoPE, so a cached position never needs re-rotating.
-// Storage is f16 (the full-precision tier); rows are [n_kv_heads * head_dim]
-// with head h at offset h * head_dim.
+// Storage is f16 (the full-precision tier). Keys are channel-major within a
+// span and values token-major, the layouts the two halves of attention read
+// with unit stride: scores sweep positions for one channel at a time
+// (k[channel][position]), the weighted sum sweeps channels of one position
+// (v[position][channel]).
 //
 // Thread-safety: Write is called by the engine thread only; Read is const and
 // may run on many threads at once, provided no Write runs concurrently (the
@@ -23,12 +26,21 @@ struct KvShape {
 };
 
 // A run of consecutive cached positions [pos0, pos0 + n) of one sequence in
-// one layer. k and v are non-owning pointers to f16 rows [n, row_width],
-// valid until the next Write to that sequence or a change of its blocks.
+// one layer. Non-owning pointers, valid until the next Write to that
+// sequence or a change of its blocks:
+//   k: f16 [n_kv_heads * head_dim][k_stride]; key channel c of head h at
+//      position pos0 + j is k[(h * head_dim + c) * k_stride + j].
+//      k_stride >= RoundUp(n, kKvSpanAlign), and those padding positions are
+//      readable (their values are ignored), so kernels can load whole
+//      vectors of positions.
+//   v: f16 [n][row_width]; head h of position pos0 + j at
+//      v[j * row_width + h * head_dim].
+inline constexpr int kKvSpanAlign = 16;
 struct KvSpan {
   int32_t pos0 = 0;
   int32_t n = 0;
   const uint16_t* k = nullptr;
+  int32_t k_stride = 0;
   const uint16_t* v = nullptr;
 };
 

@@ -15,49 +15,43 @@ namespace kvserve::model {
 namespace {
 
 constexpr int kMaxGroup = 16;
-// Query rows of one sequence handled together: each cached K/V row is
-// converted from f16 once per tile instead of once per query.
+// Query rows of one sequence handled together, so each cached K/V row is
+// read once per tile rather than once per query.
 constexpr int kTileRows = 16;
-// Cached positions converted at a time.
-constexpr int kChunk = 64;
+// Positions per kernel call: one aligned vector group of the K layout.
+constexpr int kLanes = kvcache::kKvSpanAlign;
+static_assert(kLanes == 16);
 
-void Fp16RowToFp32Scalar(const uint16_t* src, float* dst, int n) {
-  for (int i = 0; i < n; ++i) dst[i] = Fp16ToFp32(src[i]);
-}
-
-#if defined(__x86_64__)
-__attribute__((target("avx2,fma,f16c"))) void Fp16RowToFp32F16c(const uint16_t* src, float* dst,
-                                                                 int n) {
-  int i = 0;
-  for (; i + 8 <= n; i += 8) {
-    __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
-    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(h));
-  }
-  for (; i < n; ++i) dst[i] = Fp16ToFp32(src[i]);
-}
-#endif
-
-using ConvertFn = void (*)(const uint16_t*, float*, int);
-// acc[j] = sum_t q[t] * kt[t][j] for j < kChunk (t in increasing order).
-using ScoreFn = void (*)(const float* q, const float* kt, int d, float* acc);
-// o[t] += sum_j w[j] * vf[j][t] for j < m (j in increasing order).
-using WeightedSumFn = void (*)(const float* w, const float* vf, int m, int d, float* o);
-
-void ScoreScalar(const float* q, const float* kt, int d, float* acc) {
-  for (int j = 0; j < kChunk; ++j) acc[j] = 0.0f;
-  for (int t = 0; t < d; ++t) {
-    for (int j = 0; j < kChunk; ++j) acc[j] += q[t] * kt[t * kChunk + j];
-  }
-}
-
-void WeightedSumScalar(const float* w, const float* vf, int m, int d, float* o) {
-  for (int j = 0; j < m; ++j) {
-    for (int t = 0; t < d; ++t) o[t] += w[j] * vf[j * d + t];
-  }
-}
-
+// scores[q * ld + j] = sum_c q[q][c] * k[c * k_stride + j] for j < 16, for
+// every query q < nq; the sum runs over c in increasing order.
+using ScoreFn = void (*)(const float* q, int nq, int d, const uint16_t* k, int k_stride,
+                         float* scores, int ld);
+// out[q][c] += sum_{j < m} w[q * ld + j] * v[j * v_stride + c], j increasing.
+using WeightedSumFn = void (*)(const float* w, int ld, int nq, const uint16_t* v, int v_stride,
+                               int m, int d, float* out);
 // In-place softmax of s[0, len).
 using SoftmaxFn = void (*)(float* s, int len);
+
+void ScoreScalar(const float* q, int nq, int d, const uint16_t* k, int k_stride, float* scores,
+                 int ld) {
+  for (int qi = 0; qi < nq; ++qi) {
+    float acc[kLanes] = {};
+    for (int c = 0; c < d; ++c) {
+      for (int j = 0; j < kLanes; ++j) acc[j] += q[qi * d + c] * Fp16ToFp32(k[c * k_stride + j]);
+    }
+    std::memcpy(scores + qi * ld, acc, sizeof acc);
+  }
+}
+
+void WeightedSumScalar(const float* w, int ld, int nq, const uint16_t* v, int v_stride, int m,
+                       int d, float* out) {
+  for (int qi = 0; qi < nq; ++qi) {
+    for (int j = 0; j < m; ++j) {
+      const float wj = w[qi * ld + j];
+      for (int c = 0; c < d; ++c) out[qi * d + c] += wj * Fp16ToFp32(v[j * v_stride + c]);
+    }
+  }
+}
 
 void SoftmaxScalar(float* s, int len) {
   float mx = s[0];
@@ -72,11 +66,90 @@ void SoftmaxScalar(float* s, int len) {
 }
 
 #if defined(__x86_64__)
-// exp(x) for x <= 0 (arguments are score - max): Cody-Waite range reduction
-// x = n ln2 + r, |r| <= ln2/2, then a degree-6 polynomial for e^r (relative
-// error below 2e-7, as accurate as the f32 scores it exponentiates).
-// Results below e^-87 flush to zero, as they do not change a softmax.
-__attribute__((target("avx2,fma"))) inline __m256 ExpNonPositiveAvx2(__m256 x) {
+#define KVSERVE_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+KVSERVE_AVX2 inline __m256 LoadF16x8(const uint16_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+// G queries (1..4) against 16 positions: 2G accumulators stay in registers.
+template <int G>
+KVSERVE_AVX2 void ScoreGroupAvx2(const float* q, int d, const uint16_t* k, int k_stride,
+                                 float* scores, int ld) {
+  __m256 lo[G], hi[G];
+  for (int g = 0; g < G; ++g) lo[g] = hi[g] = _mm256_setzero_ps();
+  for (int c = 0; c < d; ++c) {
+    const __m256 k0 = LoadF16x8(k + c * k_stride);
+    const __m256 k1 = LoadF16x8(k + c * k_stride + 8);
+    for (int g = 0; g < G; ++g) {
+      const __m256 qc = _mm256_broadcast_ss(q + g * d + c);
+      lo[g] = _mm256_fmadd_ps(qc, k0, lo[g]);
+      hi[g] = _mm256_fmadd_ps(qc, k1, hi[g]);
+    }
+  }
+  for (int g = 0; g < G; ++g) {
+    _mm256_storeu_ps(scores + g * ld, lo[g]);
+    _mm256_storeu_ps(scores + g * ld + 8, hi[g]);
+  }
+}
+
+KVSERVE_AVX2 void ScoreAvx2(const float* q, int nq, int d, const uint16_t* k, int k_stride,
+                            float* scores, int ld) {
+  int qi = 0;
+  for (; qi + 4 <= nq; qi += 4) ScoreGroupAvx2<4>(q + qi * d, d, k, k_stride, scores + qi * ld, ld);
+  switch (nq - qi) {
+    case 3: ScoreGroupAvx2<3>(q + qi * d, d, k, k_stride, scores + qi * ld, ld); break;
+    case 2: ScoreGroupAvx2<2>(q + qi * d, d, k, k_stride, scores + qi * ld, ld); break;
+    case 1: ScoreGroupAvx2<1>(q + qi * d, d, k, k_stride, scores + qi * ld, ld); break;
+    default: break;
+  }
+}
+
+// G queries (1..4) x 16 channels per pass over the m positions.
+template <int G>
+KVSERVE_AVX2 void WeightedSumGroupAvx2(const float* w, int ld, const uint16_t* v, int v_stride,
+                                       int m, int d, float* out) {
+  for (int c0 = 0; c0 < d; c0 += 16) {
+    __m256 lo[G], hi[G];
+    for (int g = 0; g < G; ++g) {
+      lo[g] = _mm256_loadu_ps(out + g * d + c0);
+      hi[g] = _mm256_loadu_ps(out + g * d + c0 + 8);
+    }
+    for (int j = 0; j < m; ++j) {
+      const __m256 v0 = LoadF16x8(v + j * v_stride + c0);
+      const __m256 v1 = LoadF16x8(v + j * v_stride + c0 + 8);
+      for (int g = 0; g < G; ++g) {
+        const __m256 wj = _mm256_broadcast_ss(w + g * ld + j);
+        lo[g] = _mm256_fmadd_ps(wj, v0, lo[g]);
+        hi[g] = _mm256_fmadd_ps(wj, v1, hi[g]);
+      }
+    }
+    for (int g = 0; g < G; ++g) {
+      _mm256_storeu_ps(out + g * d + c0, lo[g]);
+      _mm256_storeu_ps(out + g * d + c0 + 8, hi[g]);
+    }
+  }
+}
+
+KVSERVE_AVX2 void WeightedSumAvx2(const float* w, int ld, int nq, const uint16_t* v, int v_stride,
+                                  int m, int d, float* out) {
+  int qi = 0;
+  for (; qi + 4 <= nq; qi += 4) {
+    WeightedSumGroupAvx2<4>(w + qi * ld, ld, v, v_stride, m, d, out + qi * d);
+  }
+  switch (nq - qi) {
+    case 3: WeightedSumGroupAvx2<3>(w + qi * ld, ld, v, v_stride, m, d, out + qi * d); break;
+    case 2: WeightedSumGroupAvx2<2>(w + qi * ld, ld, v, v_stride, m, d, out + qi * d); break;
+    case 1: WeightedSumGroupAvx2<1>(w + qi * ld, ld, v, v_stride, m, d, out + qi * d); break;
+    default: break;
+  }
+}
+
+// exp(x) for x <= 0 (arguments are score - max): Cody-Waite reduction
+// x = n ln2 + r, |r| <= ln2/2, then a degree-6 Taylor polynomial for e^r
+// (relative error below 2e-7, the precision of the f32 scores themselves).
+// Arguments below -87 give e^-87, which cannot matter in a softmax sum.
+KVSERVE_AVX2 inline __m256 ExpNonPositiveAvx2(__m256 x) {
   x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
   const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -89,32 +162,35 @@ __attribute__((target("avx2,fma"))) inline __m256 ExpNonPositiveAvx2(__m256 x) {
   p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
   p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
   p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  const __m256i e =
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
-__attribute__((target("avx2,fma"))) void SoftmaxAvx2(float* s, int len) {
-  __m256 vmx = _mm256_set1_ps(s[0]);
+KVSERVE_AVX2 void SoftmaxAvx2(float* s, int len) {
+  float mx = s[0];
   int t = 0;
-  for (; t + 8 <= len; t += 8) vmx = _mm256_max_ps(vmx, _mm256_loadu_ps(s + t));
-  float lanes[8];
-  _mm256_storeu_ps(lanes, vmx);
-  float mx = lanes[0];
-  for (int i = 1; i < 8; ++i) mx = std::max(mx, lanes[i]);
+  if (len >= 8) {
+    __m256 vmx = _mm256_loadu_ps(s);
+    for (t = 8; t + 8 <= len; t += 8) vmx = _mm256_max_ps(vmx, _mm256_loadu_ps(s + t));
+    float lanes[8];
+    _mm256_storeu_ps(lanes, vmx);
+    mx = *std::max_element(lanes, lanes + 8);
+  }
   for (; t < len; ++t) mx = std::max(mx, s[t]);
   const __m256 m = _mm256_set1_ps(mx);
   __m256 vsum = _mm256_setzero_ps();
-  t = 0;
-  for (; t + 8 <= len; t += 8) {
+  for (t = 0; t + 8 <= len; t += 8) {
     const __m256 e = ExpNonPositiveAvx2(_mm256_sub_ps(_mm256_loadu_ps(s + t), m));
     _mm256_storeu_ps(s + t, e);
     vsum = _mm256_add_ps(vsum, e);
   }
+  float lanes[8];
   _mm256_storeu_ps(lanes, vsum);
   double sum = 0;
-  for (int i = 0; i < 8; ++i) sum += lanes[i];
+  for (float x : lanes) sum += x;
   if (t < len) {
-    float tail[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    float tail[8];
     const int rest = len - t;
     for (int i = 0; i < 8; ++i) tail[i] = i < rest ? s[t + i] - mx : -100.0f;
     _mm256_storeu_ps(tail, ExpNonPositiveAvx2(_mm256_loadu_ps(tail)));
@@ -123,131 +199,26 @@ __attribute__((target("avx2,fma"))) void SoftmaxAvx2(float* s, int len) {
       sum += tail[i];
     }
   }
-  const __m256 inv = _mm256_set1_ps(static_cast<float>(1.0 / sum));
-  t = 0;
-  for (; t + 8 <= len; t += 8) _mm256_storeu_ps(s + t, _mm256_mul_ps(_mm256_loadu_ps(s + t), inv));
-  const float finv = static_cast<float>(1.0 / sum);
-  for (; t < len; ++t) s[t] *= finv;
+  const float inv = static_cast<float>(1.0 / sum);
+  const __m256 vinv = _mm256_set1_ps(inv);
+  for (t = 0; t + 8 <= len; t += 8) _mm256_storeu_ps(s + t, _mm256_mul_ps(_mm256_loadu_ps(s + t), vinv));
+  for (; t < len; ++t) s[t] *= inv;
 }
-
-__attribute__((target("avx2,fma"))) void ScoreAvx2(const float* q, const float* kt, int d,
-                                                    float* acc) {
-  static_assert(kChunk == 64);
-  __m256 a[8];
-  for (int i = 0; i < 8; ++i) a[i] = _mm256_setzero_ps();
-  for (int t = 0; t < d; ++t) {
-    const __m256 qt = _mm256_set1_ps(q[t]);
-    const float* kr = kt + t * kChunk;
-    for (int i = 0; i < 8; ++i) a[i] = _mm256_fmadd_ps(qt, _mm256_loadu_ps(kr + 8 * i), a[i]);
-  }
-  for (int i = 0; i < 8; ++i) _mm256_storeu_ps(acc + 8 * i, a[i]);
-}
-
-// d must be a multiple of 8 (checked by the caller's dispatch).
-__attribute__((target("avx2,fma"))) void WeightedSumAvx2(const float* w, const float* vf, int m,
-                                                          int d, float* o) {
-  for (int t0 = 0; t0 < d; t0 += 64) {
-    const int nv = std::min(64, d - t0) / 8;
-    __m256 a[8];
-    for (int i = 0; i < nv; ++i) a[i] = _mm256_loadu_ps(o + t0 + 8 * i);
-    for (int j = 0; j < m; ++j) {
-      const __m256 wj = _mm256_set1_ps(w[j]);
-      const float* vr = vf + j * d + t0;
-      for (int i = 0; i < nv; ++i) a[i] = _mm256_fmadd_ps(wj, _mm256_loadu_ps(vr + 8 * i), a[i]);
-    }
-    for (int i = 0; i < nv; ++i) _mm256_storeu_ps(o + t0 + 8 * i, a[i]);
-  }
-}
-#endif
-
-// The arithmetic of one tile. Every query's scores, softmax and weighted sum
-// follow the same sequence of operations whatever else the tile holds, so
-// results do not depend on batching.
-struct TileArgs {
-  const float* q;       // [rows][group][d], pre-scaled
-  const int32_t* pos;   // [rows]
-  int rows, group, d;
-  const kvcache::KvSpan* spans;
-  int n_spans;
-  int row_width, head_offset;
-  ConvertFn convert;
-  ScoreFn score;
-  WeightedSumFn weighted_sum;
-  SoftmaxFn softmax;
-  float* scores;  // [rows * group][n_ctx]
-  int n_ctx;      // max pos + 1
-  float* kt;      // [d][kChunk] transposed keys
-  float* vf;      // [kChunk][d]
-  float* out;     // [rows][group][d]
-};
-
-void TileBody(const TileArgs& a) {
-  const int d = a.d, nq = a.rows * a.group;
-  // Pass 1: scores = q . k for every visible position.
-  for (int s = 0; s < a.n_spans; ++s) {
-    const kvcache::KvSpan& sp = a.spans[s];
-    for (int c0 = 0; c0 < sp.n; c0 += kChunk) {
-      const int n = std::min(kChunk, sp.n - c0);
-      const int t0 = sp.pos0 + c0;
-      if (t0 >= a.n_ctx) break;
-      for (int j = 0; j < n; ++j) {
-        float row[512];
-        a.convert(sp.k + static_cast<int64_t>(c0 + j) * a.row_width + a.head_offset, row, d);
-        for (int t = 0; t < d; ++t) a.kt[t * kChunk + j] = row[t];
-      }
-      for (int qi = 0; qi < nq; ++qi) {
-        const int p = a.pos[qi / a.group];
-        const int m = std::min(n, p + 1 - t0);  // causal: positions <= p
-        if (m <= 0) continue;
-        float acc[kChunk];
-        a.score(a.q + static_cast<int64_t>(qi) * d, a.kt, d, acc);
-        float* sc = a.scores + static_cast<int64_t>(qi) * a.n_ctx + t0;
-        for (int j = 0; j < m; ++j) sc[j] = acc[j];
-      }
-    }
-  }
-  // Softmax of each query over positions [0, p].
-  for (int qi = 0; qi < nq; ++qi) {
-    const int len = a.pos[qi / a.group] + 1;
-    a.softmax(a.scores + static_cast<int64_t>(qi) * a.n_ctx, len);
-    std::memset(a.out + static_cast<int64_t>(qi) * d, 0, d * sizeof(float));
-  }
-  // Pass 2: out = sum_t p_t v_t, in increasing t.
-  for (int s = 0; s < a.n_spans; ++s) {
-    const kvcache::KvSpan& sp = a.spans[s];
-    for (int c0 = 0; c0 < sp.n; c0 += kChunk) {
-      const int n = std::min(kChunk, sp.n - c0);
-      const int t0 = sp.pos0 + c0;
-      if (t0 >= a.n_ctx) break;
-      for (int j = 0; j < n; ++j) {
-        a.convert(sp.v + static_cast<int64_t>(c0 + j) * a.row_width + a.head_offset,
-                  a.vf + j * d, d);
-      }
-      for (int qi = 0; qi < nq; ++qi) {
-        const int p = a.pos[qi / a.group];
-        const int m = std::min(n, p + 1 - t0);
-        if (m <= 0) continue;
-        const float* sc = a.scores + static_cast<int64_t>(qi) * a.n_ctx + t0;
-        a.weighted_sum(sc, a.vf, m, d, a.out + static_cast<int64_t>(qi) * d);
-      }
-    }
-  }
-}
+#endif  // __x86_64__
 
 struct Isa {
-  ConvertFn convert;
   ScoreFn score;
   WeightedSumFn weighted_sum;
   SoftmaxFn softmax;
 };
 
 const Isa& PickIsa(int head_dim) {
-  static const Isa scalar{Fp16RowToFp32Scalar, ScoreScalar, WeightedSumScalar, SoftmaxScalar};
+  static const Isa scalar{ScoreScalar, WeightedSumScalar, SoftmaxScalar};
 #if defined(__x86_64__)
   static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                            __builtin_cpu_supports("f16c");
-  static const Isa vec{Fp16RowToFp32F16c, ScoreAvx2, WeightedSumAvx2, SoftmaxAvx2};
-  if (avx2 && head_dim % 8 == 0) return vec;
+  static const Isa vec{ScoreAvx2, WeightedSumAvx2, SoftmaxAvx2};
+  if (avx2 && head_dim % 16 == 0) return vec;
 #endif
   return scalar;
 }
@@ -261,7 +232,6 @@ Attention::Attention(const ModelConfig& c)
       group_(c.group_size()),
       scale_(1.0f / std::sqrt(static_cast<float>(c.head_dim))) {
   KV_CHECK(group_ <= kMaxGroup);
-  KV_CHECK(head_dim_ <= 512);
 }
 
 void Attention::Compute(const kvcache::KvStore& kv, int layer, const float* q,
@@ -283,7 +253,7 @@ void Attention::Compute(const kvcache::KvStore& kv, int layer, const float* q,
     tiles.push_back({i, j - i, n_ctx});
     i = j;
   }
-  const int d = head_dim_, G = group_;
+  const int d = head_dim_, G = group_, w = kv.shape().row_width();
   const int64_t stride = static_cast<int64_t>(n_head_) * d;
   const int64_t items = static_cast<int64_t>(tiles.size()) * n_kv_head_;
   const Isa& isa = PickIsa(d);
@@ -296,13 +266,15 @@ void Attention::Compute(const kvcache::KvStore& kv, int layer, const float* q,
       const Tile& tile = tiles[it / n_kv_head_];
       const int g = static_cast<int>(it % n_kv_head_);
       const int nq = tile.rows * G;
-      const size_t need = static_cast<size_t>(nq) * tile.n_ctx + 2 * nq * d + 2 * kChunk * d;
+      // Score rows have room for a whole vector group past the last
+      // position, since kernels store 16 lanes at a time.
+      const int ld = (tile.n_ctx + 2 * kLanes - 1) / kLanes * kLanes;
+      const size_t need = static_cast<size_t>(nq) * ld + 2 * static_cast<size_t>(nq) * d;
       if (buf.size() < need) buf.resize(need);
       float* scores = buf.data();
-      float* qs = scores + static_cast<size_t>(nq) * tile.n_ctx;
-      float* os = qs + nq * d;
-      float* kt = os + nq * d;
-      float* vf = kt + kChunk * d;
+      float* qs = scores + static_cast<size_t>(nq) * ld;
+      float* os = qs + static_cast<size_t>(nq) * d;
+      const int32_t* pos = positions + tile.first;
       for (int r = 0; r < tile.rows; ++r) {
         for (int h = 0; h < G; ++h) {
           const float* src = q + (tile.first + r) * stride + static_cast<int64_t>(g * G + h) * d;
@@ -311,25 +283,32 @@ void Attention::Compute(const kvcache::KvStore& kv, int layer, const float* q,
       }
       spans.clear();
       kv.Read(seq_ids[tile.first], layer, tile.n_ctx, &spans);
-      TileArgs a{qs,
-                 positions + tile.first,
-                 tile.rows,
-                 G,
-                 d,
-                 spans.data(),
-                 static_cast<int>(spans.size()),
-                 kv.shape().row_width(),
-                 g * d,
-                 isa.convert,
-                 isa.score,
-                 isa.weighted_sum,
-                 isa.softmax,
-                 scores,
-                 tile.n_ctx,
-                 kt,
-                 vf,
-                 os};
-      TileBody(a);
+      // Scores for every query over every position the tile can see.
+      for (const auto& sp : spans) {
+        const uint16_t* kh = sp.k + static_cast<int64_t>(g) * d * sp.k_stride;
+        for (int j0 = 0; j0 < sp.n; j0 += kLanes) {
+          isa.score(qs, nq, d, kh + j0, sp.k_stride, scores + sp.pos0 + j0, ld);
+        }
+      }
+      // Softmax over each query's own causal range; positions after it
+      // (visible to later rows of the tile) get weight exactly 0, which adds
+      // nothing to the weighted sum.
+      for (int qi = 0; qi < nq; ++qi) {
+        const int len = pos[qi / G] + 1;
+        float* s = scores + static_cast<size_t>(qi) * ld;
+        isa.softmax(s, len);
+        std::fill(s + len, s + ld, 0.0f);
+      }
+      std::memset(os, 0, sizeof(float) * nq * d);
+      for (const auto& sp : spans) {
+        const uint16_t* vh = sp.v + static_cast<int64_t>(g) * d;
+        for (int j0 = 0; j0 < sp.n; j0 += kLanes) {
+          const int m = std::min(kLanes, std::min(sp.n - j0, tile.n_ctx - (sp.pos0 + j0)));
+          if (m <= 0) break;
+          isa.weighted_sum(scores + sp.pos0 + j0, ld, nq, vh + static_cast<int64_t>(j0) * w, w, m,
+                           d, os);
+        }
+      }
       for (int r = 0; r < tile.rows; ++r) {
         for (int h = 0; h < G; ++h) {
           std::memcpy(out + (tile.first + r) * stride + static_cast<int64_t>(g * G + h) * d,

@@ -17,11 +17,15 @@ TEST(ContiguousKvCacheTest, WritesReadBackAsF16Spans) {
   ASSERT_EQ(spans.size(), 1u);
   EXPECT_EQ(spans[0].pos0, 0);
   EXPECT_EQ(spans[0].n, 4);
-  for (int i = 0; i < 24; ++i) {
-    EXPECT_EQ(Fp16ToFp32(spans[0].k[8 + i]), k[i]);
-    EXPECT_EQ(Fp16ToFp32(spans[0].v[8 + i]), v[i]);
+  EXPECT_EQ(spans[0].k_stride, kKvSpanAlign);
+  for (int j = 0; j < 3; ++j) {
+    for (int c = 0; c < 8; ++c) {
+      EXPECT_EQ(Fp16ToFp32(spans[0].k[c * spans[0].k_stride + 1 + j]), k[j * 8 + c]);
+      EXPECT_EQ(Fp16ToFp32(spans[0].v[(1 + j) * 8 + c]), v[j * 8 + c]);
+    }
   }
-  EXPECT_EQ(kv.bytes(), 2u * 2 * 5 * 8 * 2);
+  // Capacity 5 rounds up to one aligned stride of 16 positions.
+  EXPECT_EQ(kv.bytes(), 2u * 2 * 16 * 8 * 2);
 }
 
 TEST(ContiguousKvCacheTest, SequenceLifecycle) {
