@@ -36,7 +36,7 @@ bool CpuHasAvx2() {
 }  // namespace kvserve::kernels::internal
 
 #pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c,bmi,bmi2")
+#pragma GCC target("avx2,fma,f16c")
 
 // Loops over compile-time tile sizes must be unrolled for the accumulators
 // to live in registers; -O2 does not do it on its own.
