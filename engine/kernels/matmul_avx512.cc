@@ -53,46 +53,6 @@ namespace {
 using gguf::GgmlType;
 
 // ---------------------------------------------------------------------------
-// Activation quantisation (same bytes as QuantizeActBlockScalar).
-
-void QuantizeRowsAvx512(const float* x, int64_t n_in, int64_t m, int64_t r0, int64_t r1,
-                        ActKind kind, ActBlock* act) {
-  const int64_t nb = n_in / kQK;
-  for (int64_t i = r0; i < r1; ++i) {
-    const float* xr = x + i * n_in;
-    for (int64_t b = 0; b < nb; ++b) {
-      const __m512 v0 = _mm512_loadu_ps(xr + b * kQK);
-      const __m512 v1 = _mm512_loadu_ps(xr + b * kQK + 16);
-      const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
-      const float d = amax / 127.0f;
-      const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
-      const __m512 vid = _mm512_set1_ps(id);
-      const __m512i q0 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(v0, vid),
-                                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      const __m512i q1 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(v1, vid),
-                                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      ActBlock* o = act + b * m + i;
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(o->qs), _mm512_cvtepi32_epi8(q0));
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(o->qs + 16), _mm512_cvtepi32_epi8(q1));
-      o->d = _cvtsh_ss(_cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT));
-      const int32_t sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
-      switch (kind) {
-        case ActKind::kQ8_0ForQ4_0:
-          o->aux = -8 * sum;
-          break;
-        case ActKind::kQ8_0ForQ8_0:
-          o->aux = -128 * sum;
-          break;
-        case ActKind::kQ8_1:
-          o->aux = FloatAsAux(
-              _cvtsh_ss(_cvtss_sh(d * static_cast<float>(sum), _MM_FROUND_TO_NEAREST_INT)));
-          break;
-      }
-    }
-  }
-}
-
-// ---------------------------------------------------------------------------
 // Quantised weights.
 
 // f16 values in the low / high halves of 16 int32 lanes, as f32.
@@ -157,6 +117,138 @@ inline __m512i Reduce4x4(__m512i a0, __m512i a1, __m512i a2, __m512i a3) {
 // Row (within a 16-row group) held by each lane after Reduce4x4. The map is
 // its own inverse, so permuting by it also restores row order.
 alignas(64) constexpr int32_t kLaneRow[16] = {0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15};
+
+// ---------------------------------------------------------------------------
+// Activation quantisation (same bytes as QuantizeActBlockScalar). Blocks go
+// in groups of 16, so that the per-block maximum and sum come out of
+// transposed reduction trees as one vector (lane j = block j) instead of a
+// horizontal reduction per block, and the scale arithmetic (two divisions,
+// f16 rounding) runs on 16 blocks at once.
+
+// Lane j of the result is op over all 16 lanes of v[j].
+template <typename Op>
+inline __m512i ReduceTransposed16(__m512i* v, Op op) {
+  __m512i r1[8], r2[4];
+  KV_UNROLL
+  for (int i = 0; i < 8; ++i) {  // lanes 0-7: v[2i] folded once; 8-15: v[2i+1]
+    r1[i] = op(_mm512_shuffle_i64x2(v[2 * i], v[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+               _mm512_shuffle_i64x2(v[2 * i], v[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  }
+  KV_UNROLL
+  for (int k = 0; k < 4; ++k) {  // 128-bit lane L: 4 partials of v[4k + L]
+    r2[k] = op(_mm512_shuffle_i64x2(r1[2 * k], r1[2 * k + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+               _mm512_shuffle_i64x2(r1[2 * k], r1[2 * k + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+  }
+  // As Reduce4x4: lane 4L + e now holds v[4e + L]; kLaneRow restores order.
+  const __m512i u01 = op(_mm512_unpacklo_epi32(r2[0], r2[1]), _mm512_unpackhi_epi32(r2[0], r2[1]));
+  const __m512i u23 = op(_mm512_unpacklo_epi32(r2[2], r2[3]), _mm512_unpackhi_epi32(r2[2], r2[3]));
+  const __m512i t = op(_mm512_unpacklo_epi64(u01, u23), _mm512_unpackhi_epi64(u01, u23));
+  return _mm512_permutexvar_epi32(_mm512_load_si512(kLaneRow), t);
+}
+
+// Blocks 0..15 of one row at x into out[j * m], j = 0..15.
+inline void QuantizeGroup16(const float* x, ActKind kind, ActBlock* out, int64_t m) {
+  const __m512i abs_mask = _mm512_set1_epi32(0x7FFFFFFF);
+  const auto load = [&](int j, int h) { return _mm512_loadu_si512(x + 32 * j + 16 * h); };
+  __m512i t[16];
+  KV_UNROLL
+  for (int j = 0; j < 16; ++j) {
+    // |x| compares like unsigned integers (finite values and inf).
+    t[j] = _mm512_max_epu32(_mm512_and_si512(load(j, 0), abs_mask),
+                            _mm512_and_si512(load(j, 1), abs_mask));
+  }
+  const __m512 amax = _mm512_castsi512_ps(
+      ReduceTransposed16(t, [](__m512i a, __m512i b) { return _mm512_max_epu32(a, b); }));
+  const __m512 k127 = _mm512_set1_ps(127.0f);
+  const __m512 d = _mm512_div_ps(amax, k127);
+  const __m512 id =
+      _mm512_maskz_div_ps(_mm512_cmp_ps_mask(amax, _mm512_setzero_ps(), _CMP_NEQ_UQ), k127, amax);
+  alignas(64) float ids[16];
+  _mm512_store_ps(ids, id);
+  KV_UNROLL
+  for (int j = 0; j < 16; ++j) {
+    const __m512 vid = _mm512_set1_ps(ids[j]);
+    const __m512i q0 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(_mm512_castsi512_ps(load(j, 0)), vid),
+                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512i q1 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(_mm512_castsi512_ps(load(j, 1)), vid),
+                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out[j * m].qs), _mm512_cvtepi32_epi8(q0));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out[j * m].qs + 16), _mm512_cvtepi32_epi8(q1));
+    t[j] = _mm512_add_epi32(q0, q1);
+  }
+  const __m512i sum =
+      ReduceTransposed16(t, [](__m512i a, __m512i b) { return _mm512_add_epi32(a, b); });
+  const auto round_f16 = [](__m512 v) {
+    return _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  };
+  __m512i aux;
+  switch (kind) {
+    case ActKind::kQ8_0ForQ4_0:
+      aux = _mm512_mullo_epi32(sum, _mm512_set1_epi32(-8));
+      break;
+    case ActKind::kQ8_0ForQ8_0:
+      aux = _mm512_mullo_epi32(sum, _mm512_set1_epi32(-128));
+      break;
+    default:  // kQ8_1
+      aux = _mm512_castps_si512(round_f16(_mm512_mul_ps(d, _mm512_cvtepi32_ps(sum))));
+      break;
+  }
+  alignas(64) float dh[16];
+  alignas(64) int32_t auxs[16];
+  _mm512_store_ps(dh, round_f16(d));
+  _mm512_store_si512(auxs, aux);
+  KV_UNROLL
+  for (int j = 0; j < 16; ++j) {
+    out[j * m].d = dh[j];
+    out[j * m].aux = auxs[j];
+  }
+}
+
+// One block of 32 values at x into *o.
+inline void QuantizeBlock(const float* x, ActKind kind, ActBlock* o) {
+  const __m512 v0 = _mm512_loadu_ps(x);
+  const __m512 v1 = _mm512_loadu_ps(x + 16);
+  const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+  const float d = amax / 127.0f;
+  const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+  const __m512 vid = _mm512_set1_ps(id);
+  const __m512i q0 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(v0, vid),
+                                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512i q1 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(v1, vid),
+                                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(o->qs), _mm512_cvtepi32_epi8(q0));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(o->qs + 16), _mm512_cvtepi32_epi8(q1));
+  o->d = _cvtsh_ss(_cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT));
+  const int32_t sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+  switch (kind) {
+    case ActKind::kQ8_0ForQ4_0:
+      o->aux = -8 * sum;
+      break;
+    case ActKind::kQ8_0ForQ8_0:
+      o->aux = -128 * sum;
+      break;
+    case ActKind::kQ8_1:
+      o->aux =
+          FloatAsAux(_cvtsh_ss(_cvtss_sh(d * static_cast<float>(sum), _MM_FROUND_TO_NEAREST_INT)));
+      break;
+  }
+}
+
+void QuantizeRowsAvx512(const float* x, int64_t n_in, int64_t m, int64_t r0, int64_t r1,
+                        ActKind kind, ActBlock* act) {
+  const int64_t nb = n_in / kQK;
+  // Rows innermost: the scratch is block-major, so consecutive rows of one
+  // block are adjacent and the stores stream.
+  int64_t b = 0;
+  for (; b + 16 <= nb; b += 16) {
+    for (int64_t i = r0; i < r1; ++i) {
+      QuantizeGroup16(x + i * n_in + b * kQK, kind, act + b * m + i, m);
+    }
+  }
+  for (; b < nb; ++b) {
+    for (int64_t i = r0; i < r1; ++i) QuantizeBlock(x + i * n_in + b * kQK, kind, act + b * m + i);
+  }
+}
 
 // m == 1: y[r0 .. r0+nrows) for one group of 16 weight rows at `base`;
 // `next` (nullable) is prefetched, next_bytes of it spread over the blocks.
