@@ -1,11 +1,13 @@
 // kvserve serve: loads the model and serves HTTP. This first version answers
 // the liveness probe; the OpenAI API, gRPC and metrics join it with the
 // serving work (issue #3).
+#include <climits>
 #include <csignal>
 #include <cstdio>
 
 #include "httplib.h"
 #include "spdlog/spdlog.h"
+#include "config/serve_config.h"
 #include "server/cli_common.h"
 #include "server/commands.h"
 
@@ -28,22 +30,26 @@ int RunServe(const std::vector<std::string>& args) {
   cli.Flag("log-level", "LEVEL", "info", "trace, debug, info, warn, error");
   int code = 0;
   if (!ParseOrExit(&cli, args, &code)) return code;
-  auto threads = cli.GetInt("threads", 0, 1024);
-  auto port = cli.GetInt("port", 1, 65535);
+  auto threads = cli.GetInt("threads", INT32_MIN, INT32_MAX);
+  auto port = cli.GetInt("port", INT32_MIN, INT32_MAX);
   for (const absl::Status& s : {threads.status(), port.status()}) {
     if (!s.ok()) {
       std::fprintf(stderr, "kvserve serve: %s\n", std::string(s.message()).c_str());
       return 2;
     }
   }
-  const auto level = spdlog::level::from_str(cli.Get("log-level"));
-  if (level == spdlog::level::off && cli.Get("log-level") != "off") {
-    std::fprintf(stderr, "kvserve serve: unknown --log-level '%s'\n", cli.Get("log-level").c_str());
+  auto config = config::ValidateServeConfig({cli.Get("model"), cli.Get("host"),
+                                             static_cast<int>(*port), static_cast<int>(*threads),
+                                             cli.Get("log-level")});
+  if (!config.ok()) {
+    std::fprintf(stderr, "kvserve serve: invalid configuration: %s\n",
+                 std::string(config.status().message()).c_str());
     return 2;
   }
-  spdlog::set_level(level);
-  spdlog::info("loading {}", cli.Get("model"));
-  auto loaded = LoadModel(cli.Get("model"), static_cast<int>(*threads));
+  const config::ServeConfig& cfg = *config;
+  spdlog::set_level(spdlog::level::from_str(cfg.log_level));
+  spdlog::info("loading {}", cfg.model_path);
+  auto loaded = LoadModel(cfg.model_path, cfg.threads);
   if (!loaded.ok()) {
     spdlog::error("{}", std::string(loaded.status().message()));
     return 1;
@@ -59,11 +65,11 @@ int RunServe(const std::vector<std::string>& args) {
   g_server = &http;
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
-  if (!http.bind_to_port(cli.Get("host"), static_cast<int>(*port))) {
-    spdlog::error("cannot listen on {}:{}", cli.Get("host"), *port);
+  if (!http.bind_to_port(cfg.host, cfg.port)) {
+    spdlog::error("cannot listen on {}:{}", cfg.host, cfg.port);
     return 1;
   }
-  spdlog::info("listening on http://{}:{}", cli.Get("host"), *port);
+  spdlog::info("listening on http://{}:{}", cfg.host, cfg.port);
   http.listen_after_bind();
   g_server = nullptr;
   spdlog::info("stopped");

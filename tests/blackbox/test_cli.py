@@ -105,3 +105,13 @@ def test_serve_health_and_clean_shutdown(kvserve_bin, model_path, free_port):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+def test_serve_rejects_invalid_configuration(kvserve_bin, model_path):
+    for flags, field in ((["--port", "0"], "port"), (["--threads", "-3"], "threads"),
+                         (["--log-level", "loud"], "log_level")):
+        r = run([kvserve_bin, "serve", "--model", model_path] + flags)
+        assert r.returncode == 2, r.stderr
+        assert "invalid configuration: " + field in r.stderr
+    r = run([kvserve_bin, "serve", "--model", "/nonexistent.gguf"])
+    assert r.returncode == 2 and "cannot read '/nonexistent.gguf'" in r.stderr
