@@ -12,7 +12,9 @@ flipping which side goes first every round) so slow drifts in machine load hit b
 Each measured run is its own process; llama-bench and llama-batched-bench do an
 unmeasured warm-up inside that process, and ours is run with --repeat 1+W
 (--ours-warmup W, default 1) and its first W repetitions are dropped, so both sides
-are measured warm. Reported: median (min, max) tokens/s, ratios ours/peer of the
+are measured warm. A run during which other processes used more than
+--max-interference of the CPUs (measured from /proc/stat minus the child's own CPU
+time) is repeated, up to --max-attempts. Reported: median (min, max) tokens/s, ratios ours/peer of the
 medians, and the project's targets:
   prefill ours >= 0.5 x peer; decode1 ours >= 0.5 x peer;
   decode8 ours aggregate >= 4 x peer decode1.
@@ -510,6 +512,8 @@ def main():
         cmd += ["--peer-flash-attn", args.peer_flash_attn]
     if args.peer_only:
         cmd.append("--peer-only")
+    elif os.path.abspath(args.ours_bin) != os.path.join(REPO, "build/server/kvserve"):
+        cmd += ["--ours-bin", os.path.relpath(os.path.abspath(args.ours_bin), REPO)]
     result = {
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "command": shlex.join(cmd),
