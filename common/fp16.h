@@ -77,4 +77,9 @@ inline uint16_t Fp32ToBf16(float f) {
   return static_cast<uint16_t>((x + rounding) >> 16);
 }
 
+// Converts n floats to f16 (round to nearest even), saturating values beyond
+// the f16 range to +-65504 so that no finite input becomes infinite; uses
+// F16C where the CPU has it.
+void Fp32ToFp16Saturated(const float* src, uint16_t* dst, int64_t n);
+
 }  // namespace kvserve

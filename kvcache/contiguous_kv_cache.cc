@@ -7,16 +7,6 @@
 #include "common/fp16.h"
 
 namespace kvserve::kvcache {
-namespace {
-
-// f16 with overflow saturated to the largest finite value: attention gives
-// positions outside a query's range weight 0, and 0 * inf would be NaN.
-uint16_t ToF16Saturated(float x) {
-  constexpr float kMax = 65504.0f;
-  return Fp32ToFp16(std::clamp(x, -kMax, kMax));
-}
-
-}  // namespace
 
 absl::Status ContiguousKvCache::AddSequence(int seq, int max_tokens) {
   if (max_tokens <= 0) {
@@ -52,12 +42,15 @@ void ContiguousKvCache::Write(int seq, int layer, int pos, int n, const float* k
   const int w = shape_.row_width();
   uint16_t* kd = s.k[layer].data();
   uint16_t* vd = s.v[layer].data() + static_cast<size_t>(pos) * w;
+  // Saturating conversion: attention gives positions outside a query's
+  // range weight 0, and 0 * inf would be NaN.
+  std::vector<uint16_t>& row = scratch_;
+  row.resize(w);
   for (int j = 0; j < n; ++j) {
-    for (int c = 0; c < w; ++c) {
-      kd[static_cast<size_t>(c) * s.stride + pos + j] = ToF16Saturated(k[static_cast<size_t>(j) * w + c]);
-    }
+    Fp32ToFp16Saturated(k + static_cast<size_t>(j) * w, row.data(), w);
+    for (int c = 0; c < w; ++c) kd[static_cast<size_t>(c) * s.stride + pos + j] = row[c];
   }
-  for (int64_t i = 0; i < static_cast<int64_t>(n) * w; ++i) vd[i] = ToF16Saturated(v[i]);
+  Fp32ToFp16Saturated(v, vd, static_cast<int64_t>(n) * w);
 }
 
 void ContiguousKvCache::Read(int seq, int layer, int end, std::vector<KvSpan>* spans) const {

@@ -43,6 +43,7 @@ class ContiguousKvCache : public KvStore {
   };
   KvShape shape_;
   std::unordered_map<int, std::unique_ptr<Sequence>> seqs_;
+  std::vector<uint16_t> scratch_;  // one converted K row, reused by Write
 };
 
 }  // namespace kvserve::kvcache

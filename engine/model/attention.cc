@@ -6,6 +6,7 @@
 
 #include "common/check.h"
 #include "common/fp16.h"
+#include "engine/model/simd_exp.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -145,28 +146,6 @@ KVSERVE_AVX2 void WeightedSumAvx2(const float* w, int ld, int nq, const uint16_t
   }
 }
 
-// exp(x) for x <= 0 (arguments are score - max): Cody-Waite reduction
-// x = n ln2 + r, |r| <= ln2/2, then a degree-6 Taylor polynomial for e^r
-// (relative error below 2e-7, the precision of the f32 scores themselves).
-// Arguments below -87 give e^-87, which cannot matter in a softmax sum.
-KVSERVE_AVX2 inline __m256 ExpNonPositiveAvx2(__m256 x) {
-  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.0f / 720);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-  const __m256i e =
-      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
-
 KVSERVE_AVX2 void SoftmaxAvx2(float* s, int len) {
   float mx = s[0];
   int t = 0;
@@ -204,6 +183,80 @@ KVSERVE_AVX2 void SoftmaxAvx2(float* s, int len) {
   for (t = 0; t + 8 <= len; t += 8) _mm256_storeu_ps(s + t, _mm256_mul_ps(_mm256_loadu_ps(s + t), vinv));
   for (; t < len; ++t) s[t] *= inv;
 }
+
+#define KVSERVE_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+
+KVSERVE_AVX512 inline __m512 LoadF16x16(const uint16_t* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
+// As ScoreGroupAvx2, one 16-lane register per query: the same per-lane
+// fma chain over c, so the results equal the AVX2 path's bit for bit.
+template <int G>
+KVSERVE_AVX512 void ScoreGroupAvx512(const float* q, int d, const uint16_t* k, int k_stride,
+                                     float* scores, int ld) {
+  __m512 acc[G];
+  for (int g = 0; g < G; ++g) acc[g] = _mm512_setzero_ps();
+  for (int c = 0; c < d; ++c) {
+    const __m512 kc = LoadF16x16(k + c * k_stride);
+    for (int g = 0; g < G; ++g) acc[g] = _mm512_fmadd_ps(_mm512_set1_ps(q[g * d + c]), kc, acc[g]);
+  }
+  for (int g = 0; g < G; ++g) _mm512_storeu_ps(scores + g * ld, acc[g]);
+}
+
+KVSERVE_AVX512 void ScoreAvx512(const float* q, int nq, int d, const uint16_t* k, int k_stride,
+                                float* scores, int ld) {
+  int qi = 0;
+  for (; qi + 6 <= nq; qi += 6) {
+    ScoreGroupAvx512<6>(q + qi * d, d, k, k_stride, scores + qi * ld, ld);
+  }
+  switch (nq - qi) {
+    case 5: ScoreGroupAvx512<5>(q + qi * d, d, k, k_stride, scores + qi * ld, ld); break;
+    case 4: ScoreGroupAvx512<4>(q + qi * d, d, k, k_stride, scores + qi * ld, ld); break;
+    case 3: ScoreGroupAvx512<3>(q + qi * d, d, k, k_stride, scores + qi * ld, ld); break;
+    case 2: ScoreGroupAvx512<2>(q + qi * d, d, k, k_stride, scores + qi * ld, ld); break;
+    case 1: ScoreGroupAvx512<1>(q + qi * d, d, k, k_stride, scores + qi * ld, ld); break;
+    default: break;
+  }
+}
+
+// G queries (1..4) x up to 64 channels (4 registers each) per pass.
+template <int G>
+KVSERVE_AVX512 void WeightedSumGroupAvx512(const float* w, int ld, const uint16_t* v,
+                                           int v_stride, int m, int d, float* out) {
+  for (int c0 = 0; c0 < d; c0 += 64) {
+    const int nv = std::min(64, d - c0) / 16;
+    __m512 acc[G][4];
+    for (int g = 0; g < G; ++g) {
+      for (int i = 0; i < nv; ++i) acc[g][i] = _mm512_loadu_ps(out + g * d + c0 + 16 * i);
+    }
+    for (int j = 0; j < m; ++j) {
+      __m512 vr[4];
+      for (int i = 0; i < nv; ++i) vr[i] = LoadF16x16(v + j * v_stride + c0 + 16 * i);
+      for (int g = 0; g < G; ++g) {
+        const __m512 wj = _mm512_set1_ps(w[g * ld + j]);
+        for (int i = 0; i < nv; ++i) acc[g][i] = _mm512_fmadd_ps(wj, vr[i], acc[g][i]);
+      }
+    }
+    for (int g = 0; g < G; ++g) {
+      for (int i = 0; i < nv; ++i) _mm512_storeu_ps(out + g * d + c0 + 16 * i, acc[g][i]);
+    }
+  }
+}
+
+KVSERVE_AVX512 void WeightedSumAvx512(const float* w, int ld, int nq, const uint16_t* v,
+                                      int v_stride, int m, int d, float* out) {
+  int qi = 0;
+  for (; qi + 4 <= nq; qi += 4) {
+    WeightedSumGroupAvx512<4>(w + qi * ld, ld, v, v_stride, m, d, out + qi * d);
+  }
+  switch (nq - qi) {
+    case 3: WeightedSumGroupAvx512<3>(w + qi * ld, ld, v, v_stride, m, d, out + qi * d); break;
+    case 2: WeightedSumGroupAvx512<2>(w + qi * ld, ld, v, v_stride, m, d, out + qi * d); break;
+    case 1: WeightedSumGroupAvx512<1>(w + qi * ld, ld, v, v_stride, m, d, out + qi * d); break;
+    default: break;
+  }
+}
 #endif  // __x86_64__
 
 struct Isa {
@@ -217,7 +270,12 @@ const Isa& PickIsa(int head_dim) {
 #if defined(__x86_64__)
   static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                            __builtin_cpu_supports("f16c");
+  static const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
+                             __builtin_cpu_supports("avx512bw") &&
+                             __builtin_cpu_supports("avx512vl");
   static const Isa vec{ScoreAvx2, WeightedSumAvx2, SoftmaxAvx2};
+  static const Isa vec512{ScoreAvx512, WeightedSumAvx512, SoftmaxAvx2};
+  if (avx512 && head_dim % 16 == 0) return vec512;
   if (avx2 && head_dim % 16 == 0) return vec;
 #endif
   return scalar;

@@ -1,6 +1,7 @@
 #include "engine/model/llama_model.h"
 
 #include <algorithm>
+#include <functional>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -29,6 +30,14 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& 
   m->rope_ = std::make_unique<Rope>(m->config_, m->weights_->rope_freq_factors());
   m->attention_ = std::make_unique<Attention>(m->config_);
   return m;
+}
+
+void LlamaModel::RowPass(int n, const std::function<void(int)>& fn) {
+  // One row is not worth waking the pool for.
+  if (n == 1) return fn(0);
+  pool_->ParallelFor(n, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) fn(static_cast<int>(i));
+  });
 }
 
 void LlamaModel::MatMul(const kernels::WeightView& w, const float* x, int n, float* y) {
@@ -74,19 +83,17 @@ absl::Status LlamaModel::Forward(const Batch& b, kvcache::KvStore* kv, std::vect
 
   for (int l = 0; l < c.n_layers; ++l) {
     const LayerWeights& L = weights_->layers()[l];
-    for (int i = 0; i < n; ++i) {
-      RmsNorm(&x_[i * E], L.attn_norm.data(), E, c.rms_eps, &h_[i * E]);
-    }
+    RowPass(n, [&](int i) { RmsNorm(&x_[i * E], L.attn_norm.data(), E, c.rms_eps, &h_[i * E]); });
     MatMul(L.wq, h_.data(), n, q_.data());
     MatMul(L.wk, h_.data(), n, k_.data());
     MatMul(L.wv, h_.data(), n, v_.data());
-    for (int i = 0; i < n; ++i) {
+    RowPass(n, [&](int i) {
       if (!L.bq.empty()) AddInPlace(&q_[i * Q], L.bq.data(), Q);
       if (!L.bk.empty()) AddInPlace(&k_[i * KV], L.bk.data(), KV);
       if (!L.bv.empty()) AddInPlace(&v_[i * KV], L.bv.data(), KV);
       rope_->Apply(&q_[i * Q], c.n_head, b.positions[i]);
       rope_->Apply(&k_[i * KV], c.n_kv_head, b.positions[i]);
-    }
+    });
     // Runs of consecutive rows of one sequence are written with one call.
     for (int i = 0; i < n;) {
       int j = i + 1;
@@ -97,16 +104,15 @@ absl::Status LlamaModel::Forward(const Batch& b, kvcache::KvStore* kv, std::vect
     attention_->Compute(*kv, l, q_.data(), b.seq_ids.data(), b.positions.data(), n, att_.data(),
                         pool_.get());
     MatMul(L.wo, att_.data(), n, h_.data());
-    for (int i = 0; i < n; ++i) AddInPlace(&x_[i * E], &h_[i * E], E);
-
-    for (int i = 0; i < n; ++i) {
+    RowPass(n, [&](int i) {
+      AddInPlace(&x_[i * E], &h_[i * E], E);
       RmsNorm(&x_[i * E], L.ffn_norm.data(), E, c.rms_eps, &h_[i * E]);
-    }
+    });
     MatMul(L.w_gate, h_.data(), n, gate_.data());
     MatMul(L.w_up, h_.data(), n, up_.data());
-    for (int i = 0; i < n; ++i) SiluMul(&gate_[i * F], &up_[i * F], F, &gate_[i * F]);
+    RowPass(n, [&](int i) { SiluMul(&gate_[i * F], &up_[i * F], F, &gate_[i * F]); });
     MatMul(L.w_down, gate_.data(), n, h_.data());
-    for (int i = 0; i < n; ++i) AddInPlace(&x_[i * E], &h_[i * E], E);
+    RowPass(n, [&](int i) { AddInPlace(&x_[i * E], &h_[i * E], E); });
   }
 
   int n_out = 0;

@@ -12,6 +12,7 @@
 // Thread-safety: as ModelRunner. Owns its thread pool.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -41,6 +42,9 @@ class LlamaModel : public ModelRunner {
  private:
   LlamaModel() = default;
   void MatMul(const kernels::WeightView& w, const float* x, int n, float* y);
+  // Runs fn(row) for rows [0, n) on the pool; each row's work is
+  // independent, so the split cannot change a result.
+  void RowPass(int n, const std::function<void(int)>& fn);
 
   std::unique_ptr<gguf::GgufFile> file_;
   ModelConfig config_;

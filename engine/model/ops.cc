@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "engine/model/simd_exp.h"
+
 namespace kvserve::model {
 
 void RmsNorm(const float* x, const float* weight, int n, float eps, float* out) {
@@ -55,11 +57,43 @@ void Rope::Apply(float* row, int n_heads, int32_t pos) const {
   }
 }
 
-void SiluMul(const float* gate, const float* up, int n, float* out) {
+namespace {
+
+void SiluMulScalar(const float* gate, const float* up, int n, float* out) {
   for (int i = 0; i < n; ++i) {
     const float g = gate[i];
     out[i] = g / (1.0f + std::exp(-g)) * up[i];
   }
+}
+
+#if defined(__x86_64__)
+// silu(g) = g * sigmoid(g), with sigmoid from e = exp(-|g|) so the exp
+// argument is never positive: sigmoid = 1/(1+e) for g >= 0, e/(1+e) else.
+__attribute__((target("avx2,fma"))) void SiluMulAvx2(const float* gate, const float* up, int n,
+                                                      float* out) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  const __m256 one = _mm256_set1_ps(1.0f);
+  int i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 g = _mm256_loadu_ps(gate + i);
+    const __m256 e = ExpNonPositiveAvx2(_mm256_or_ps(g, sign));  // exp(-|g|)
+    const __m256 inv = _mm256_div_ps(one, _mm256_add_ps(one, e));
+    const __m256 neg = _mm256_cmp_ps(g, _mm256_setzero_ps(), _CMP_LT_OQ);
+    const __m256 sig = _mm256_blendv_ps(inv, _mm256_mul_ps(e, inv), neg);
+    _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(g, sig), _mm256_loadu_ps(up + i)));
+  }
+  SiluMulScalar(gate + i, up + i, n - i, out + i);
+}
+#endif
+
+}  // namespace
+
+void SiluMul(const float* gate, const float* up, int n, float* out) {
+#if defined(__x86_64__)
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (avx2) return SiluMulAvx2(gate, up, n, out);
+#endif
+  SiluMulScalar(gate, up, n, out);
 }
 
 void AddInPlace(float* x, const float* y, int n) {

@@ -6,11 +6,14 @@
 namespace kvserve::model {
 
 int32_t ArgMax(const float* x, int n) {
-  int32_t best = 0;
-  for (int i = 1; i < n; ++i) {
-    if (x[i] > x[best]) best = i;
+  // Two passes (the maximum, then its first index) vectorise where a single
+  // compare-and-remember loop does not; the result is the same.
+  float mx = x[0];
+  for (int i = 1; i < n; ++i) mx = std::max(mx, x[i]);
+  for (int i = 0; i < n; ++i) {
+    if (x[i] == mx) return i;
   }
-  return best;
+  return 0;
 }
 
 Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {}
