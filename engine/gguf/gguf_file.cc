@@ -630,19 +630,24 @@ absl::StatusOr<std::vector<std::string>> GgufFile::GetStringArray(std::string_vi
   return out;
 }
 
-absl::StatusOr<std::vector<int64_t>> GgufFile::GetIntArray(std::string_view key) const {
-  absl::StatusOr<const MetadataValue*> found = Lookup(*this, key);
+namespace {
+
+// An array value converted element by element; the error names the key and
+// the first element that does not convert.
+template <typename T, typename Convert>
+absl::StatusOr<std::vector<T>> ConvertArray(const GgufFile& file, std::string_view key,
+                                            Convert convert) {
+  absl::StatusOr<const MetadataValue*> found = Lookup(file, key);
   if (!found.ok()) return found.status();
-  const MetadataValue* v = *found;
-  absl::StatusOr<const MetadataArray*> a = AsArray(*v);
-  if (!a.ok()) return KeyError(path_, key, a.status());
-  std::vector<int64_t> out;
+  absl::StatusOr<const MetadataArray*> a = AsArray(**found);
+  if (!a.ok()) return KeyError(file.path(), key, a.status());
+  std::vector<T> out;
   out.reserve((*a)->size());
   for (size_t i = 0; i < (*a)->size(); ++i) {
-    absl::StatusOr<int64_t> e = AsInt((**a)[i]);
+    absl::StatusOr<T> e = convert((**a)[i]);
     if (!e.ok()) {
       return KeyError(
-          path_, key,
+          file.path(), key,
           absl::InvalidArgumentError(absl::StrCat("element ", i, " ", e.status().message())));
     }
     out.push_back(*e);
@@ -650,24 +655,14 @@ absl::StatusOr<std::vector<int64_t>> GgufFile::GetIntArray(std::string_view key)
   return out;
 }
 
+}  // namespace
+
+absl::StatusOr<std::vector<int64_t>> GgufFile::GetIntArray(std::string_view key) const {
+  return ConvertArray<int64_t>(*this, key, AsInt);
+}
+
 absl::StatusOr<std::vector<double>> GgufFile::GetFloatArray(std::string_view key) const {
-  absl::StatusOr<const MetadataValue*> found = Lookup(*this, key);
-  if (!found.ok()) return found.status();
-  const MetadataValue* v = *found;
-  absl::StatusOr<const MetadataArray*> a = AsArray(*v);
-  if (!a.ok()) return KeyError(path_, key, a.status());
-  std::vector<double> out;
-  out.reserve((*a)->size());
-  for (size_t i = 0; i < (*a)->size(); ++i) {
-    absl::StatusOr<double> e = AsFloat((**a)[i]);
-    if (!e.ok()) {
-      return KeyError(
-          path_, key,
-          absl::InvalidArgumentError(absl::StrCat("element ", i, " ", e.status().message())));
-    }
-    out.push_back(*e);
-  }
-  return out;
+  return ConvertArray<double>(*this, key, AsFloat);
 }
 
 const TensorInfo* GgufFile::FindTensor(std::string_view name) const {
