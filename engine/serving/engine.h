@@ -1,0 +1,80 @@
+// The serving engine: one thread that owns the scheduler, the paged KV cache
+// and the model, and runs the loop
+//   schedule() -> forward pass over the batch -> update(outputs)
+// until shut down. Front ends talk to it only through Submit (a thread-safe
+// queue into the engine) and the RequestHandle each request gets back (a
+// thread-safe queue out of it).
+//
+// Thread-safety: every public method may be called from any thread.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <optional>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "engine/serving/engine_config.h"
+#include "engine/serving/engine_stats.h"
+#include "engine/serving/request.h"
+
+namespace kvserve::model {
+class ModelRunner;
+}
+namespace kvserve::tokenizer {
+class Tokenizer;
+}
+
+namespace kvserve::engine {
+
+class EngineImpl;
+
+// The front end's side of one request. Events arrive in order; each choice
+// ends with exactly one event whose finish is set.
+class RequestHandle {
+ public:
+  virtual ~RequestHandle() = default;
+  // Waits up to `timeout` for the next event; nullopt on timeout or once
+  // every choice has finished and every event was taken.
+  virtual std::optional<StreamEvent> Next(absl::Duration timeout) = 0;
+  // True once all choices have finished and all events were taken.
+  virtual bool Done() const = 0;
+  // Aborts the request (idempotent): its sequences leave the batch and free
+  // their KV blocks within one engine step, and every unfinished choice ends
+  // with FinishReason::kAbort.
+  virtual void Cancel() = 0;
+};
+
+class Engine {
+ public:
+  // `runner` and `tokenizer` must outlive the engine (non-owning). Starts the
+  // engine thread.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(const EngineConfig& config,
+                                                        model::ModelRunner* runner,
+                                                        const tokenizer::Tokenizer* tokenizer,
+                                                        EngineObserver* observer = nullptr);
+  ~Engine();  // Shutdown()
+
+  // Queues a request. InvalidArgument when it can never run (empty prompt,
+  // prompt + max_tokens beyond max_context, n or logprobs over the caps, a
+  // token id outside the vocabulary); ResourceExhausted when max_waiting
+  // requests are already queued; Unavailable after Shutdown.
+  absl::StatusOr<std::shared_ptr<RequestHandle>> Submit(GenerationRequest request);
+
+  // A consistent snapshot of counters and gauges.
+  EngineStats Stats() const;
+  // True once the engine thread has completed a step or idles ready.
+  bool Ready() const;
+  const EngineConfig& config() const;
+
+  // Stops accepting requests, aborts the ones in flight and joins the
+  // engine thread. Idempotent.
+  void Shutdown();
+
+ private:
+  explicit Engine(std::unique_ptr<EngineImpl> impl);
+  std::unique_ptr<EngineImpl> impl_;
+};
+
+}  // namespace kvserve::engine

@@ -1,0 +1,29 @@
+// Limits and policies of the serving engine, validated once.
+//
+// Thread-safety: an immutable value.
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace kvserve::engine {
+
+struct EngineConfig {
+  size_t kv_cache_bytes = 256ull << 20;  // paged KV pool size
+  int block_tokens = 16;                 // tokens per KV block
+  int max_running = 64;                  // sequences in the running batch
+  int max_waiting = 256;                 // queued requests before Submit says ResourceExhausted
+  int max_batch_tokens = 512;            // token budget of one forward pass (chunked prefill)
+  int max_context = 0;                   // prompt + output limit; 0 = the model's context
+  int max_n = 8;                         // cap of GenerationRequest::n
+  int max_logprobs = 20;                 // cap of GenerationRequest::logprobs
+  std::string scheduler = "fcfs";        // scheduling policy by name
+};
+
+// Checks ranges (every count >= 1, block_tokens a multiple of 16, pool big
+// enough for one block); InvalidArgument names the field.
+absl::StatusOr<EngineConfig> ValidateEngineConfig(EngineConfig candidate);
+
+}  // namespace kvserve::engine

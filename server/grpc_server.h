@@ -1,0 +1,36 @@
+// The gRPC front end: service kvserve.v1.Inference (proto/kvserve/v1/
+// inference.proto), the standard grpc.health.v1 health service and server
+// reflection, all served on one port.
+//
+// Thread-safety: Start/Shutdown from one thread; gRPC's threads call into
+// the engine through its thread-safe API only.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "engine/serving/engine.h"
+#include "engine/tokenizer/tokenizer.h"
+
+namespace kvserve::server {
+
+struct GrpcServerOptions {
+  std::string address = "127.0.0.1:50051";  // host:port; port 0 picks a free one
+  std::string model_name;                     // what ListModels reports and requests must name
+};
+
+class GrpcServer {
+ public:
+  // `engine` and `tokenizer` must outlive the server (non-owning).
+  static absl::StatusOr<std::unique_ptr<GrpcServer>> Start(const GrpcServerOptions& options,
+                                                           engine::Engine* engine,
+                                                           const tokenizer::Tokenizer* tokenizer);
+  virtual ~GrpcServer() = default;
+  // The bound port (useful with port 0).
+  virtual int port() const = 0;
+  // Marks health NOT_SERVING, cancels streams in flight, stops. Idempotent.
+  virtual void Shutdown() = 0;
+};
+
+}  // namespace kvserve::server
