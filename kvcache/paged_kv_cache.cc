@@ -1,0 +1,232 @@
+#include "kvcache/paged_kv_cache.h"
+
+#include <algorithm>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "common/check.h"
+#include "common/fp16.h"
+
+namespace kvserve::kvcache {
+namespace {
+
+int CeilDiv(int a, int b) { return (a + b - 1) / b; }
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<PagedKvCache>> PagedKvCache::Create(const KvShape& shape,
+                                                                   size_t pool_bytes,
+                                                                   int block_tokens) {
+  auto pool = BlockPool::Create(shape, pool_bytes, block_tokens);
+  if (!pool.ok()) return pool.status();
+  return std::make_unique<PagedKvCache>(*std::move(pool));
+}
+
+PagedKvCache::PagedKvCache(std::unique_ptr<BlockPool> pool) : pool_(std::move(pool)) {
+  KV_CHECK(pool_ != nullptr);
+  KV_CHECK_MSG(pool_->n_used() == 0, "a paged cache needs a pool with no blocks in use");
+}
+
+int PagedKvCache::BlocksNeeded(int seq, int new_len) const {
+  KV_CHECK(new_len >= 0);
+  const int bt = block_tokens();
+  const int want = CeilDiv(new_len, bt);
+  auto it = seqs_.find(seq);
+  if (it == seqs_.end()) return want;
+  const Sequence& s = it->second;
+  const int have = static_cast<int>(s.blocks.size());
+  int need = std::max(0, want - have);
+  if (new_len > s.length) {
+    // Existing blocks that the positions [length, new_len) fall in.
+    for (int b = s.length / bt; b < std::min(want, have); ++b) {
+      if (pool_->ref_count(s.blocks[b]) > 1) ++need;
+    }
+  }
+  return need;
+}
+
+bool PagedKvCache::CanAllocate(int seq, int new_len) const {
+  return BlocksNeeded(seq, new_len) <= pool_->n_free();
+}
+
+int PagedKvCache::BlocksNeededForWrite(int seq, int pos, int n) const {
+  auto it = seqs_.find(seq);
+  KV_CHECK_MSG(it != seqs_.end(), "unknown sequence");
+  const Sequence& s = it->second;
+  const int bt = block_tokens();
+  KV_CHECK(pos >= 0 && n >= 0 && pos + n <= static_cast<int>(s.blocks.size()) * bt);
+  if (n == 0) return 0;
+  int need = 0;
+  for (int b = pos / bt; b <= (pos + n - 1) / bt; ++b) {
+    if (pool_->ref_count(s.blocks[b]) > 1) ++need;
+  }
+  return need;
+}
+
+int PagedKvCache::Length(int seq) const {
+  auto it = seqs_.find(seq);
+  return it == seqs_.end() ? 0 : it->second.length;
+}
+
+int PagedKvCache::NumBlocks(int seq) const {
+  auto it = seqs_.find(seq);
+  return it == seqs_.end() ? 0 : static_cast<int>(it->second.blocks.size());
+}
+
+size_t PagedKvCache::SequenceBytes(int seq) const {
+  return static_cast<size_t>(NumBlocks(seq)) * pool_->bytes_per_block();
+}
+
+bool PagedKvCache::Reserve(int seq, int new_len) {
+  if (BlocksNeeded(seq, new_len) > pool_->n_free()) return false;
+  Sequence& s = seqs_[seq];
+  const int bt = block_tokens();
+  const int want = CeilDiv(new_len, bt);
+  if (new_len > s.length) {
+    Unshare(s, s.length / bt, std::min(want, static_cast<int>(s.blocks.size())));
+  }
+  while (static_cast<int>(s.blocks.size()) < want) {
+    const std::optional<int32_t> id = pool_->Allocate();
+    KV_CHECK_MSG(id.has_value(), "BlocksNeeded undercounted");
+    s.blocks.push_back(*id);
+  }
+  return true;
+}
+
+void PagedKvCache::Free(int seq) {
+  auto it = seqs_.find(seq);
+  if (it == seqs_.end()) return;
+  for (int32_t id : it->second.blocks) pool_->Release(id);
+  seqs_.erase(it);
+}
+
+void PagedKvCache::Fork(int src, int dst) {
+  KV_CHECK_MSG(src != dst, "fork onto itself");
+  auto it = seqs_.find(src);
+  KV_CHECK_MSG(it != seqs_.end(), "fork of an unknown sequence");
+  KV_CHECK_MSG(seqs_.count(dst) == 0, "fork onto an existing sequence");
+  Sequence copy;
+  copy.length = it->second.length;
+  // Only blocks holding written positions are shared: sharing src's empty
+  // reserved tail would just force both sequences to copy it.
+  const int n = CeilDiv(copy.length, block_tokens());
+  copy.blocks.assign(it->second.blocks.begin(), it->second.blocks.begin() + n);
+  for (int32_t id : copy.blocks) pool_->Retain(id);
+  seqs_.emplace(dst, std::move(copy));
+}
+
+void PagedKvCache::Unshare(Sequence& s, int first, int last) {
+  for (int b = first; b < last; ++b) {
+    const int32_t old = s.blocks[b];
+    if (pool_->ref_count(old) == 1) continue;
+    const std::optional<int32_t> id = pool_->Allocate();
+    KV_CHECK_MSG(id.has_value(),
+                 "no free block for copy-on-write: Reserve or check BlocksNeededForWrite first");
+    pool_->CopyBlock(old, *id);
+    pool_->Release(old);
+    s.blocks[b] = *id;
+  }
+}
+
+void PagedKvCache::Write(int seq, int layer, int pos, int n, const float* k, const float* v) {
+  auto it = seqs_.find(seq);
+  KV_CHECK_MSG(it != seqs_.end(), "write to unknown sequence");
+  Sequence& s = it->second;
+  const int bt = block_tokens();
+  KV_CHECK(layer >= 0 && layer < shape().n_layers);
+  KV_CHECK(pos >= 0 && n >= 0 && pos + n <= static_cast<int>(s.blocks.size()) * bt);
+  if (n == 0) return;
+  Unshare(s, pos / bt, (pos + n - 1) / bt + 1);
+  const int w = shape().row_width();
+  // Saturating conversion, as in ContiguousKvCache: attention gives
+  // positions outside a query's range weight 0, and 0 * inf would be NaN.
+  scratch_.resize(static_cast<size_t>(n) * w);
+  Fp32ToFp16Saturated(k, scratch_.data(), static_cast<int64_t>(n) * w);
+  for (int p = pos; p < pos + n;) {
+    const int b = p / bt, off = p % bt;
+    const int m = std::min(bt - off, pos + n - p);  // positions in this block
+    const int j0 = p - pos;
+    uint16_t* kd = pool_->k(s.blocks[b], layer);
+    for (int c = 0; c < w; ++c) {
+      uint16_t* dst = kd + static_cast<size_t>(c) * bt + off;
+      for (int j = 0; j < m; ++j) dst[j] = scratch_[static_cast<size_t>(j0 + j) * w + c];
+    }
+    Fp32ToFp16Saturated(v + static_cast<size_t>(j0) * w,
+                        pool_->v(s.blocks[b], layer) + static_cast<size_t>(off) * w,
+                        static_cast<int64_t>(m) * w);
+    p += m;
+  }
+  s.length = std::max(s.length, pos + n);
+}
+
+void PagedKvCache::Read(int seq, int layer, int end, std::vector<KvSpan>* spans) const {
+  auto it = seqs_.find(seq);
+  KV_CHECK_MSG(it != seqs_.end(), "read of unknown sequence");
+  const Sequence& s = it->second;
+  KV_CHECK(end >= 0 && end <= s.length);
+  const int bt = block_tokens();
+  for (int b = 0, p = 0; p < end; ++b, p += bt) {
+    const int32_t id = s.blocks[b];
+    spans->push_back(
+        KvSpan{p, std::min(bt, end - p), pool_->k(id, layer), bt, pool_->v(id, layer)});
+  }
+}
+
+absl::Status PagedKvCache::CheckInvariants() const {
+  // The pool checks that free + used == total: its free list holds exactly
+  // the blocks with count 0, each once.
+  if (absl::Status st = pool_->CheckInvariants(); !st.ok()) return st;
+  const int n_blocks = pool_->n_blocks();
+  std::vector<int32_t> refs(n_blocks, 0);
+  for (const auto& [seq, s] : seqs_) {
+    const int capacity = static_cast<int>(s.blocks.size()) * block_tokens();
+    if (s.length < 0 || s.length > capacity) {
+      return absl::InternalError(
+          absl::StrCat("sequence ", seq, " has length ", s.length, " outside capacity ", capacity));
+    }
+    std::vector<int32_t> sorted = s.blocks;
+    std::sort(sorted.begin(), sorted.end());
+    if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
+      return absl::InternalError(absl::StrCat("sequence ", seq, " names a block twice"));
+    }
+    for (int32_t id : s.blocks) {
+      if (id < 0 || id >= n_blocks) {
+        return absl::InternalError(absl::StrCat("sequence ", seq, " names bad block ", id));
+      }
+      ++refs[id];
+    }
+  }
+  for (int32_t id = 0; id < n_blocks; ++id) {
+    // A free block has count 0 (checked by the pool), so a named free block
+    // shows up here as a mismatch.
+    if (refs[id] != pool_->ref_count(id)) {
+      return absl::InternalError(absl::StrCat("block ", id, " has ref count ", pool_->ref_count(id),
+                                              " but ", refs[id], " table entries"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::string PagedKvCache::DebugString() const {
+  std::string out =
+      absl::StrCat("PagedKvCache: ", pool_->n_used(), "/", pool_->n_blocks(), " blocks used, ",
+                   block_tokens(), " tokens/block, ", seqs_.size(), " sequences\n");
+  const std::map<int, const Sequence*> ordered = [&] {
+    std::map<int, const Sequence*> m;
+    for (const auto& [seq, s] : seqs_) m[seq] = &s;
+    return m;
+  }();
+  for (const auto& [seq, s] : ordered) {
+    absl::StrAppend(&out, "  seq ", seq, ": length ", s->length, ", blocks [");
+    for (size_t i = 0; i < s->blocks.size(); ++i) {
+      const int32_t id = s->blocks[i];
+      absl::StrAppend(&out, i ? " " : "", id);
+      // Shared blocks carry their reference count.
+      if (pool_->ref_count(id) > 1) absl::StrAppend(&out, "x", pool_->ref_count(id));
+    }
+    absl::StrAppend(&out, "]\n");
+  }
+  return out;
+}
+
+}  // namespace kvserve::kvcache
