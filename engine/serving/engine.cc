@@ -1,0 +1,528 @@
+#include "engine/serving/engine.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "common/check.h"
+#include "engine/model/model_runner.h"
+#include "engine/serving/logits_processing.h"
+#include "engine/serving/scheduler.h"
+#include "engine/serving/sequence.h"
+#include "kvcache/paged_kv_cache.h"
+
+namespace kvserve::engine {
+
+using Clock = std::chrono::steady_clock;
+
+// Shared between the engine thread (producer of events) and the front end
+// (consumer, canceller).
+class RequestState : public RequestHandle {
+ public:
+  RequestState(GenerationRequest req, uint64_t arrival, std::function<void()> wake)
+      : request(std::move(req)), arrival(arrival), submitted(Clock::now()), wake_(std::move(wake)),
+        open_choices_(request.n) {}
+
+  std::optional<StreamEvent> Next(absl::Duration timeout) override {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_for(lock, absl::ToChronoNanoseconds(timeout),
+                 [&] { return !events_.empty() || open_choices_ == 0; });
+    if (events_.empty()) return std::nullopt;
+    StreamEvent e = std::move(events_.front());
+    events_.pop_front();
+    return e;
+  }
+
+  bool Done() const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return open_choices_ == 0 && events_.empty();
+  }
+
+  void Cancel() override {
+    cancelled.store(true);
+    wake_();
+  }
+
+  // Engine thread.
+  void Push(StreamEvent e) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (e.finish != FinishReason::kNone) --open_choices_;
+      events_.push_back(std::move(e));
+    }
+    cv_.notify_all();
+  }
+
+  const GenerationRequest request;
+  const uint64_t arrival;
+  const Clock::time_point submitted;
+  std::atomic<bool> cancelled{false};
+
+ private:
+  std::function<void()> wake_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<StreamEvent> events_;  // guarded by mu_
+  int open_choices_;                // guarded by mu_
+};
+
+class EngineImpl {
+ public:
+  EngineImpl(const EngineConfig& config, model::ModelRunner* runner,
+             const tokenizer::Tokenizer* tokenizer, EngineObserver* observer,
+             std::unique_ptr<kvcache::PagedKvCache> kv, std::unique_ptr<Scheduler> scheduler)
+      : config_(config), runner_(runner), tokenizer_(tokenizer), observer_(observer),
+        kv_(std::move(kv)), scheduler_(std::move(scheduler)) {
+    PublishStats();
+    thread_ = std::thread([this] { Loop(); });
+  }
+
+  ~EngineImpl() { Shutdown(); }
+
+  absl::StatusOr<std::shared_ptr<RequestHandle>> Submit(GenerationRequest r) {
+    const model::ModelConfig& mc = runner_->config();
+    if (r.prompt.empty()) return absl::InvalidArgumentError("the prompt is empty");
+    if (r.max_tokens < 1) {
+      return absl::InvalidArgumentError(absl::StrCat("max_tokens must be >= 1, got ", r.max_tokens));
+    }
+    if (r.n < 1 || r.n > config_.max_n) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("n must be in 1..", config_.max_n, ", got ", r.n));
+    }
+    if (r.logprobs > config_.max_logprobs) {
+      return absl::InvalidArgumentError(absl::StrCat("logprobs must be at most ", config_.max_logprobs,
+                                                     ", got ", r.logprobs));
+    }
+    for (int32_t t : r.prompt) {
+      if (t < 0 || t >= mc.n_vocab) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("token id ", t, " is outside the vocabulary [0, ", mc.n_vocab, ")"));
+      }
+    }
+    const int64_t total = static_cast<int64_t>(r.prompt.size()) + r.max_tokens;
+    if (total > max_context()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "This model's maximum context length is ", max_context(), " tokens. However, you requested ",
+          total, " tokens (", r.prompt.size(), " in the prompt, ", r.max_tokens,
+          " for the completion). Please reduce the prompt or max_tokens."));
+    }
+    const int blocks = static_cast<int>((total + config_.block_tokens - 1) / config_.block_tokens);
+    if (blocks > kv_->pool().n_blocks()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the request needs ", blocks, " KV blocks (", total, " tokens) but the server's KV cache has ",
+          kv_->pool().n_blocks(), "; reduce the prompt or max_tokens"));
+    }
+    const SamplingOptions& s = r.sampling;
+    if (s.temperature < 0 || s.top_p <= 0 || s.top_p > 1 || s.top_k < 0 || s.min_p < 0 ||
+        s.min_p > 1 || s.repetition_penalty <= 0) {
+      return absl::InvalidArgumentError(
+          "sampling: temperature >= 0, 0 < top_p <= 1, top_k >= 0, 0 <= min_p <= 1 and "
+          "repetition_penalty > 0 are required");
+    }
+    std::shared_ptr<RequestState> state;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stopping_) return absl::UnavailableError("the server is shutting down");
+      if (queued_ >= config_.max_waiting) {
+        ++rejected_;
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "the server's queue is full (", config_.max_waiting, " requests waiting); retry later"));
+      }
+      state = std::make_shared<RequestState>(std::move(r), next_arrival_++, [this] { Wake(); });
+      inbox_.push_back(state);
+      ++queued_;
+      ++submitted_;
+    }
+    cv_.notify_one();
+    return std::static_pointer_cast<RequestHandle>(state);
+  }
+
+  EngineStats Stats() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return stats_;
+  }
+
+  bool Ready() const { return ready_.load(); }
+
+  void Shutdown() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stopping_ && !thread_.joinable()) return;
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+    ready_.store(false);
+  }
+
+  const EngineConfig& config() const { return config_; }
+
+ private:
+  int max_context() const {
+    const int model_ctx = runner_->config().n_ctx_train;
+    return config_.max_context > 0 ? std::min(config_.max_context, model_ctx) : model_ctx;
+  }
+
+  void Wake() {
+    { std::lock_guard<std::mutex> lock(mu_); }
+    cv_.notify_one();
+  }
+
+  void Loop() {
+    ready_.store(true);
+    for (;;) {
+      std::vector<std::shared_ptr<RequestState>> incoming;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        if (running_.empty() && waiting_.empty()) {
+          cv_.wait(lock, [&] { return stopping_ || !inbox_.empty(); });
+        }
+        if (stopping_) break;
+        incoming.swap(inbox_);
+      }
+      for (auto& r : incoming) Admit(std::move(r));
+      HandleCancellations();
+      Step();
+      PublishStats();
+    }
+    // Shutdown: everything in flight ends as aborted.
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto& r : inbox_) requests_.push_back(r);
+      inbox_.clear();
+    }
+    for (auto& r : requests_) r->cancelled.store(true);
+    HandleCancellations();
+    PublishStats();
+  }
+
+  void Admit(std::shared_ptr<RequestState> r) {
+    const GenerationRequest& req = r->request;
+    const int n_vocab = runner_->config().n_vocab;
+    uint64_t seed = req.sampling.seed.value_or(0);
+    if (!req.sampling.seed) seed = std::random_device{}() ^ (static_cast<uint64_t>(r->arrival) << 32);
+    for (int c = 0; c < req.n; ++c) {
+      auto s = std::make_unique<Sequence>();
+      s->id = next_seq_id_++;
+      s->request = r.get();
+      s->choice = c;
+      s->priority = req.priority;
+      s->arrival = r->arrival;
+      s->tokens = req.prompt;
+      s->prompt_len = static_cast<int>(req.prompt.size());
+      model::SamplingParams sp;
+      sp.temperature = req.sampling.temperature;
+      sp.top_k = req.sampling.top_k;
+      sp.top_p = req.sampling.top_p;
+      sp.min_p = req.sampling.min_p;
+      sp.seed = seed + c;
+      s->sampler = std::make_unique<model::Sampler>(sp);
+      s->stop = std::make_unique<StopMatcher>(req.stop);
+      s->decoder = std::make_unique<tokenizer::StreamingDecoder>(tokenizer_, /*skip_special=*/true);
+      if (req.sampling.repetition_penalty != 1.0f) {
+        s->seen.assign(n_vocab, 0);
+        for (int32_t t : req.prompt) s->seen[t] = 1;
+      }
+      waiting_.push_back(s.get());
+      seqs_.push_back(std::move(s));
+    }
+    requests_.push_back(std::move(r));
+  }
+
+  // Ends every sequence of cancelled requests and drops finished requests.
+  void HandleCancellations() {
+    for (auto& s : seqs_) {
+      if (s->finish == FinishReason::kNone && s->request->cancelled.load()) {
+        Finish(s.get(), FinishReason::kAbort, {});
+      }
+    }
+    ReapFinished();
+  }
+
+  void ReapFinished() {
+    auto gone = [](const Sequence* s) { return s->finish != FinishReason::kNone; };
+    running_.erase(std::remove_if(running_.begin(), running_.end(), gone), running_.end());
+    waiting_.erase(std::remove_if(waiting_.begin(), waiting_.end(), gone), waiting_.end());
+    seqs_.erase(std::remove_if(seqs_.begin(), seqs_.end(),
+                               [&](const std::unique_ptr<Sequence>& s) { return gone(s.get()); }),
+                seqs_.end());
+    const size_t before = requests_.size();
+    requests_.erase(std::remove_if(requests_.begin(), requests_.end(),
+                                   [&](const std::shared_ptr<RequestState>& r) {
+                                     for (const auto& s : seqs_) {
+                                       if (s->request == r.get()) return false;
+                                     }
+                                     return true;
+                                   }),
+                    requests_.end());
+    requests_finished_ += static_cast<int64_t>(before - requests_.size());
+  }
+
+  void Step() {
+    if (running_.empty() && waiting_.empty()) return;
+    SchedulerDecision d = scheduler_->Schedule(
+        running_, waiting_, *kv_, {config_.max_batch_tokens, config_.max_running});
+    // Apply the decision: preemptions free blocks first, then reservations.
+    for (Sequence* s : d.preempted) {
+      kv_->Free(s->id);
+      s->num_computed = 0;
+      s->running = false;
+      running_.erase(std::find(running_.begin(), running_.end(), s));
+      waiting_.push_back(s);
+      ++preemptions_;
+    }
+    for (Sequence* s : d.admitted) {
+      waiting_.erase(std::find(waiting_.begin(), waiting_.end(), s));
+      running_.push_back(s);
+      s->running = true;
+      if (!s->first_scheduled) {
+        s->first_scheduled = Clock::now();
+        if (s->choice == 0) prompt_tokens_ += s->prompt_len;
+      }
+    }
+    if (d.empty()) {
+      // Nothing fits this step (cannot persist: with nothing running every
+      // block is free); do not spin.
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      return;
+    }
+    batch_.Clear();
+    for (const ScheduledChunk& ch : d.chunks) {
+      Sequence* s = ch.seq;
+      KV_CHECK_MSG(kv_->Reserve(s->id, s->num_computed + ch.n_tokens),
+                   "scheduler promised blocks that are not free");
+      const bool want_prompt_lp = s->request->request.prompt_logprobs && s->choice == 0 &&
+                                  !s->sent_prompt_logprobs;
+      const int end = s->num_computed + ch.n_tokens;
+      for (int p = s->num_computed; p < end; ++p) {
+        const bool last = p + 1 == static_cast<int>(s->tokens.size());
+        const bool prompt_lp = want_prompt_lp && p + 1 < s->prompt_len;
+        batch_.Add(s->tokens[p], p, s->id, last || prompt_lp);
+      }
+    }
+    const auto t0 = Clock::now();
+    absl::Status st = runner_->Forward(batch_, kv_.get(), &logits_);
+    const double step_s = std::chrono::duration<double>(Clock::now() - t0).count();
+    ++steps_;
+    if (observer_) observer_->OnStep(batch_.size(), step_s);
+    if (!st.ok()) {
+      // A forward failure is not the requests' fault, but they cannot go on.
+      for (const ScheduledChunk& ch : d.chunks) Finish(ch.seq, FinishReason::kError, st);
+      ReapFinished();
+      return;
+    }
+    const int n_vocab = runner_->config().n_vocab;
+    int row = 0;
+    for (const ScheduledChunk& ch : d.chunks) {
+      Sequence* s = ch.seq;
+      const int begin = s->num_computed;
+      s->num_computed += ch.n_tokens;
+      const bool want_prompt_lp = s->request->request.prompt_logprobs && s->choice == 0 &&
+                                  !s->sent_prompt_logprobs;
+      std::vector<TokenLogprob> prompt_lps;
+      const float* sample_row = nullptr;
+      for (int p = begin; p < s->num_computed; ++p) {
+        const bool last = p + 1 == static_cast<int>(s->tokens.size());
+        const bool prompt_lp = want_prompt_lp && p + 1 < s->prompt_len;
+        if (!last && !prompt_lp) continue;
+        const float* lr = logits_.data() + static_cast<size_t>(row++) * n_vocab;
+        if (prompt_lp) {
+          TokenLogprob lp = ComputeLogprob(lr, n_vocab, s->tokens[p + 1],
+                                           std::max(0, s->request->request.logprobs));
+          lp.text = tokenizer_->TokenToPiece(lp.token);
+          s->pending_prompt_logprobs.push_back(std::move(lp));
+        }
+        if (last) sample_row = lr;
+      }
+      if (sample_row != nullptr) SampleNext(s, sample_row);
+    }
+    ReapFinished();
+  }
+
+  void SampleNext(Sequence* s, const float* row) {
+    const GenerationRequest& req = s->request->request;
+    const int n_vocab = runner_->config().n_vocab;
+    const float* probs_row = row;
+    const SamplingOptions& so = req.sampling;
+    if (so.repetition_penalty != 1.0f || so.presence_penalty != 0.0f || so.frequency_penalty != 0.0f) {
+      penalized_.assign(row, row + n_vocab);
+      ApplyPenalties(so, s->output_counts, s->seen, penalized_.data(), n_vocab);
+      probs_row = penalized_.data();
+    }
+    const int32_t token = s->sampler->Sample(probs_row, n_vocab);
+    const auto now = Clock::now();
+    if (!s->first_token) s->first_token = now;
+    s->last_token = now;
+    s->tokens.push_back(token);
+    ++s->generated;
+    ++generation_tokens_;
+    ++s->output_counts[token];
+    if (!s->seen.empty()) s->seen[token] = 1;
+
+    StreamEvent e;
+    e.choice = s->choice;
+    if (!s->sent_prompt_logprobs && req.prompt_logprobs && s->choice == 0) {
+      e.prompt_logprobs = std::move(s->pending_prompt_logprobs);
+      s->sent_prompt_logprobs = true;
+    }
+    e.tokens.push_back(token);
+    if (req.logprobs >= 0) {
+      TokenLogprob lp = ComputeLogprob(row, n_vocab, token, req.logprobs);
+      lp.text = tokenizer_->TokenToPiece(token);
+      e.logprobs.push_back(std::move(lp));
+    }
+    FinishReason finish = FinishReason::kNone;
+    if (!req.ignore_eos && tokenizer_->IsEog(token)) {
+      finish = FinishReason::kStop;
+    } else {
+      bool stopped = false;
+      e.text = s->stop->Push(s->decoder->Push(token), &stopped);
+      if (stopped) finish = FinishReason::kStop;
+    }
+    if (finish == FinishReason::kNone && s->generated >= req.max_tokens) {
+      finish = FinishReason::kLength;
+    }
+    if (finish != FinishReason::kNone) {
+      FinishWith(s, finish, absl::OkStatus(), std::move(e));
+    } else {
+      s->request->Push(std::move(e));
+    }
+  }
+
+  void Finish(Sequence* s, FinishReason reason, absl::Status error) {
+    StreamEvent e;
+    e.choice = s->choice;
+    FinishWith(s, reason, std::move(error), std::move(e));
+  }
+
+  // Emits the choice's final event (flushing held-back text unless it was
+  // cut by a stop string) and frees its blocks.
+  void FinishWith(Sequence* s, FinishReason reason, absl::Status error, StreamEvent e) {
+    if (reason == FinishReason::kLength || (reason == FinishReason::kStop && e.text.empty())) {
+      bool ignored = false;
+      std::string tail = s->stop->Push(s->decoder->Flush(), &ignored);
+      if (!ignored) tail += s->stop->Flush();
+      e.text += tail;
+    }
+    e.finish = reason;
+    e.error = std::move(error);
+    e.prompt_tokens = s->prompt_len;
+    e.completion_tokens = s->generated;
+    s->finish = reason;
+    kv_->Free(s->id);
+    if (observer_) {
+      RequestTimings t;
+      const auto now = Clock::now();
+      auto secs = [](Clock::duration d) { return std::chrono::duration<double>(d).count(); };
+      const auto sub = s->request->submitted;
+      t.queue_s = s->first_scheduled ? secs(*s->first_scheduled - sub) : secs(now - sub);
+      t.ttft_s = s->first_token ? secs(*s->first_token - sub) : 0;
+      t.tpot_s = s->generated >= 2 ? secs(*s->last_token - *s->first_token) / (s->generated - 1) : 0;
+      t.e2e_s = secs(now - sub);
+      t.prompt_tokens = s->prompt_len;
+      t.completion_tokens = s->generated;
+      t.finish = reason;
+      observer_->OnChoiceFinished(t);
+    }
+    s->request->Push(std::move(e));
+  }
+
+  void PublishStats() {
+    EngineStats st;
+    st.running = static_cast<int>(running_.size());
+    const auto& pool = kv_->pool();
+    st.kv_blocks_total = pool.n_blocks();
+    st.kv_blocks_free = pool.n_free();
+    st.kv_blocks_used = pool.n_used();
+    st.kv_bytes_total = static_cast<int64_t>(pool.capacity_bytes());
+    st.kv_bytes_used = static_cast<int64_t>(pool.used_bytes());
+    st.preemptions = preemptions_;
+    st.prompt_tokens = prompt_tokens_;
+    st.generation_tokens = generation_tokens_;
+    st.steps = steps_;
+    std::lock_guard<std::mutex> lock(mu_);
+    // Waiting counts queued requests' sequences not yet admitted too.
+    int inbox_seqs = 0;
+    for (const auto& r : inbox_) inbox_seqs += r->request.n;
+    st.waiting = static_cast<int>(waiting_.size()) + inbox_seqs;
+    st.requests_submitted = submitted_;
+    st.requests_rejected = rejected_;
+    st.requests_finished = requests_finished_;
+    queued_ = static_cast<int>(inbox_.size()) + CountWaitingRequests();
+    stats_ = st;
+  }
+
+  int CountWaitingRequests() const {
+    int n = 0;
+    for (const auto& r : requests_) {
+      bool any_running = false;
+      for (const Sequence* s : running_) any_running |= s->request == r.get();
+      n += any_running ? 0 : 1;
+    }
+    return n;
+  }
+
+  const EngineConfig config_;
+  model::ModelRunner* const runner_;            // not owned
+  const tokenizer::Tokenizer* const tokenizer_;  // not owned
+  EngineObserver* const observer_;               // not owned; may be null
+  std::unique_ptr<kvcache::PagedKvCache> kv_;
+  std::unique_ptr<Scheduler> scheduler_;
+
+  // Engine thread only.
+  std::vector<std::shared_ptr<RequestState>> requests_;
+  std::vector<std::unique_ptr<Sequence>> seqs_;
+  std::vector<Sequence*> running_, waiting_;
+  model::Batch batch_;
+  std::vector<float> logits_, penalized_;
+  int next_seq_id_ = 0;
+  int64_t preemptions_ = 0, prompt_tokens_ = 0, generation_tokens_ = 0, steps_ = 0;
+  int64_t requests_finished_ = 0;
+
+  // Shared with front-end threads.
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::shared_ptr<RequestState>> inbox_;  // guarded by mu_
+  bool stopping_ = false;                             // guarded by mu_
+  int queued_ = 0;                                    // guarded by mu_
+  uint64_t next_arrival_ = 0;                         // guarded by mu_
+  int64_t submitted_ = 0, rejected_ = 0;              // guarded by mu_
+  EngineStats stats_;                                 // guarded by mu_
+  std::atomic<bool> ready_{false};
+  std::thread thread_;
+};
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineConfig& config,
+                                                       model::ModelRunner* runner,
+                                                       const tokenizer::Tokenizer* tokenizer,
+                                                       EngineObserver* observer) {
+  auto valid = ValidateEngineConfig(config);
+  if (!valid.ok()) return valid.status();
+  const model::ModelConfig& mc = runner->config();
+  auto kv = kvcache::PagedKvCache::Create({mc.n_layers, mc.n_kv_head, mc.head_dim},
+                                          valid->kv_cache_bytes, valid->block_tokens);
+  if (!kv.ok()) return kv.status();
+  auto scheduler = MakeScheduler(valid->scheduler);
+  if (!scheduler.ok()) return scheduler.status();
+  return std::unique_ptr<Engine>(new Engine(std::make_unique<EngineImpl>(
+      *valid, runner, tokenizer, observer, std::move(*kv), std::move(*scheduler))));
+}
+
+Engine::Engine(std::unique_ptr<EngineImpl> impl) : impl_(std::move(impl)) {}
+Engine::~Engine() { Shutdown(); }
+
+absl::StatusOr<std::shared_ptr<RequestHandle>> Engine::Submit(GenerationRequest request) {
+  return impl_->Submit(std::move(request));
+}
+EngineStats Engine::Stats() const { return impl_->Stats(); }
+bool Engine::Ready() const { return impl_->Ready(); }
+const EngineConfig& Engine::config() const { return impl_->config(); }
+void Engine::Shutdown() { impl_->Shutdown(); }
+
+}  // namespace kvserve::engine

@@ -1,0 +1,235 @@
+// The serving engine on a tiny random model: results through the engine
+// equal a plain greedy loop, whatever the batching, preemption or
+// cancellation around them, and every KV block comes back.
+#include "engine/serving/engine.h"
+
+#include <thread>
+
+#include "engine/model/llama_model.h"
+#include "engine/model/sampler.h"
+#include "engine/tokenizer/tokenizer.h"
+#include "gtest/gtest.h"
+#include "kvcache/contiguous_kv_cache.h"
+#include "kvcache/block_pool.h"
+#include "tests/engine/model/tiny_model.h"
+
+namespace kvserve::engine {
+namespace {
+
+class EngineTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    testing::TinyLlamaSpec spec;
+    spec.n_vocab = 64;
+    spec.n_ctx = 512;
+    spec.matrix_type = gguf::GgmlType::kQ8_0;
+    testing::TinyLlamaWeights w;
+    path_ = ::testing::TempDir() + "/engine_tiny.gguf";
+    ASSERT_TRUE(testing::WriteTinyLlama(path_, spec, &w).ok());
+    auto m = model::LlamaModel::Load(path_, 2);
+    ASSERT_TRUE(m.ok()) << m.status();
+    model_ = std::move(*m);
+    auto t = tokenizer::Tokenizer::FromGguf(model_->file());
+    ASSERT_TRUE(t.ok()) << t.status();
+    tok_ = std::move(*t);
+  }
+
+  std::unique_ptr<Engine> MakeEngine(EngineConfig c) {
+    auto e = Engine::Create(c, model_.get(), tok_.get());
+    EXPECT_TRUE(e.ok()) << e.status();
+    return e.ok() ? std::move(*e) : nullptr;
+  }
+
+  // Greedy continuation computed without the engine. The model is not
+  // thread-safe: call only while no engine is running requests.
+  std::vector<int32_t> Reference(const std::vector<int32_t>& prompt, int n) {
+    const auto& c = model_->config();
+    kvcache::ContiguousKvCache kv({c.n_layers, c.n_kv_head, c.head_dim});
+    EXPECT_TRUE(kv.AddSequence(0, prompt.size() + n).ok());
+    model::Batch b;
+    for (size_t i = 0; i < prompt.size(); ++i) b.Add(prompt[i], i, 0, i + 1 == prompt.size());
+    std::vector<float> logits;
+    std::vector<int32_t> out;
+    int pos = prompt.size();
+    for (int i = 0; i < n; ++i) {
+      EXPECT_TRUE(model_->Forward(b, &kv, &logits).ok());
+      out.push_back(model::ArgMax(logits.data(), c.n_vocab));
+      b.Clear();
+      b.Add(out.back(), pos++, 0, true);
+    }
+    return out;
+  }
+
+  static std::vector<int32_t> Prompt(int len, int seed) {
+    std::vector<int32_t> p;
+    for (int i = 0; i < len; ++i) p.push_back(3 + (i * 7 + seed * 13) % 60);
+    return p;
+  }
+
+  static GenerationRequest Greedy(std::vector<int32_t> prompt, int max_tokens) {
+    GenerationRequest r;
+    r.prompt = std::move(prompt);
+    r.max_tokens = max_tokens;
+    r.sampling.temperature = 0;
+    r.ignore_eos = true;
+    return r;
+  }
+
+  struct Collected {
+    std::vector<std::vector<int32_t>> tokens;
+    std::vector<FinishReason> finish;
+    std::vector<std::string> text;
+  };
+
+  static Collected Drain(RequestHandle& h, int n) {
+    Collected c;
+    c.tokens.resize(n);
+    c.finish.assign(n, FinishReason::kNone);
+    c.text.resize(n);
+    while (!h.Done()) {
+      auto e = h.Next(absl::Seconds(30));
+      if (!e) continue;
+      auto& toks = c.tokens[e->choice];
+      toks.insert(toks.end(), e->tokens.begin(), e->tokens.end());
+      c.text[e->choice] += e->text;
+      if (e->finish != FinishReason::kNone) c.finish[e->choice] = e->finish;
+    }
+    return c;
+  }
+
+  static void WaitIdle(Engine& e) {
+    for (int i = 0; i < 2000; ++i) {
+      const EngineStats s = e.Stats();
+      if (s.running == 0 && s.waiting == 0 && s.kv_blocks_used == 0) return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    FAIL() << "engine did not go idle";
+  }
+
+  std::string path_;
+  std::unique_ptr<model::LlamaModel> model_;
+  std::unique_ptr<tokenizer::Tokenizer> tok_;
+};
+
+TEST_F(EngineTest, GreedyMatchesPlainLoop) {
+  const auto want = Reference(Prompt(20, 1), 12);
+  auto e = MakeEngine({});
+  auto h = e->Submit(Greedy(Prompt(20, 1), 12));
+  ASSERT_TRUE(h.ok()) << h.status();
+  Collected c = Drain(**h, 1);
+  EXPECT_EQ(c.tokens[0], want);
+  EXPECT_EQ(c.finish[0], FinishReason::kLength);
+  WaitIdle(*e);
+}
+
+TEST_F(EngineTest, ConcurrentRequestsEqualTheirSoloResults) {
+  EngineConfig cfg;
+  cfg.max_batch_tokens = 40;  // forces chunked prefill mixed with decodes
+  std::vector<std::vector<int32_t>> want;
+  for (int i = 0; i < 12; ++i) want.push_back(Reference(Prompt(10 + 9 * i, i), 8 + i % 5));
+  auto e = MakeEngine(cfg);
+  std::vector<std::shared_ptr<RequestHandle>> hs;
+  for (int i = 0; i < 12; ++i) {
+    auto h = e->Submit(Greedy(Prompt(10 + 9 * i, i), 8 + i % 5));
+    ASSERT_TRUE(h.ok());
+    hs.push_back(*h);
+  }
+  for (int i = 0; i < 12; ++i) {
+    Collected c = Drain(*hs[i], 1);
+    EXPECT_EQ(c.tokens[0], want[i]) << "request " << i;
+  }
+  WaitIdle(*e);
+  EXPECT_EQ(e->Stats().requests_finished, 12);
+}
+
+TEST_F(EngineTest, PreemptionUnderPressureKeepsResultsAndFreesBlocks) {
+  const auto& mc = model_->config();
+  EngineConfig cfg;
+  // Room for 12 blocks of 16 tokens: two or three of these requests at once.
+  cfg.kv_cache_bytes = kvcache::BlockPool::BytesPerBlock({mc.n_layers, mc.n_kv_head, mc.head_dim}, 16) * 12;
+  cfg.max_batch_tokens = 64;
+  std::vector<std::vector<int32_t>> want;
+  for (int i = 0; i < 6; ++i) want.push_back(Reference(Prompt(50, i), 30));
+  auto e = MakeEngine(cfg);
+  std::vector<std::shared_ptr<RequestHandle>> hs;
+  for (int i = 0; i < 6; ++i) {
+    auto h = e->Submit(Greedy(Prompt(50, i), 30));
+    ASSERT_TRUE(h.ok()) << h.status();
+    hs.push_back(*h);
+  }
+  for (int i = 0; i < 6; ++i) {
+    Collected c = Drain(*hs[i], 1);
+    EXPECT_EQ(c.tokens[0], want[i]) << "request " << i;
+  }
+  WaitIdle(*e);
+  EXPECT_GT(e->Stats().preemptions, 0);
+  EXPECT_EQ(e->Stats().kv_blocks_free, e->Stats().kv_blocks_total);
+}
+
+TEST_F(EngineTest, CancelFreesBlocksWithinAStep) {
+  auto e = MakeEngine({});
+  auto h = e->Submit(Greedy(Prompt(30, 2), 400));
+  ASSERT_TRUE(h.ok());
+  ASSERT_TRUE((*h)->Next(absl::Seconds(30)).has_value());
+  (*h)->Cancel();
+  Collected c = Drain(**h, 1);
+  EXPECT_EQ(c.finish[0], FinishReason::kAbort);
+  WaitIdle(*e);
+}
+
+TEST_F(EngineTest, StopStringsEndTheChoiceAndAreNotReturned) {
+  auto e = MakeEngine({});
+  // Learn the greedy text, then stop on a piece of it spanning two tokens.
+  auto h = e->Submit(Greedy(Prompt(12, 3), 10));
+  ASSERT_TRUE(h.ok());
+  const std::string full = Drain(**h, 1).text[0];
+  ASSERT_GE(full.size(), 6u);
+  GenerationRequest r = Greedy(Prompt(12, 3), 10);
+  r.stop = {full.substr(3, 2)};
+  auto h2 = e->Submit(r);
+  ASSERT_TRUE(h2.ok());
+  Collected c = Drain(**h2, 1);
+  EXPECT_EQ(c.finish[0], FinishReason::kStop);
+  EXPECT_EQ(c.text[0], full.substr(0, full.find(r.stop[0])));
+  WaitIdle(*e);
+}
+
+TEST_F(EngineTest, SeedsReproduceAndChoicesDiffer) {
+  auto e = MakeEngine({});
+  GenerationRequest r;
+  r.prompt = Prompt(8, 5);
+  r.max_tokens = 16;
+  r.sampling.temperature = 50.0f;  // the tiny random model is very peaked
+  r.sampling.seed = 42;
+  r.ignore_eos = true;
+  r.n = 2;
+  r.logprobs = 3;
+  auto a = Drain(**e->Submit(r), 2);
+  auto b = Drain(**e->Submit(r), 2);
+  EXPECT_EQ(a.tokens, b.tokens);
+  EXPECT_NE(a.tokens[0], a.tokens[1]);
+  WaitIdle(*e);
+}
+
+TEST_F(EngineTest, RejectsWhatCanNeverRunAndAFullQueue) {
+  EngineConfig cfg;
+  cfg.max_n = 2;
+  cfg.max_waiting = 1;
+  auto e = MakeEngine(cfg);
+  GenerationRequest r = Greedy(Prompt(8, 1), 4);
+  r.n = 3;
+  EXPECT_EQ(e->Submit(r).status().code(), absl::StatusCode::kInvalidArgument);
+  r = Greedy({}, 4);
+  EXPECT_EQ(e->Submit(r).status().code(), absl::StatusCode::kInvalidArgument);
+  r = Greedy(Prompt(500, 1), 100);  // over the 512-token context
+  auto too_long = e->Submit(r);
+  EXPECT_EQ(too_long.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(too_long.status().message().find("maximum context length is 512"), std::string::npos);
+  r = Greedy({1, 999}, 4);
+  EXPECT_EQ(e->Submit(r).status().code(), absl::StatusCode::kInvalidArgument);
+  e->Shutdown();
+  EXPECT_EQ(e->Submit(Greedy(Prompt(8, 1), 4)).status().code(), absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace kvserve::engine
