@@ -189,6 +189,7 @@ class EngineImpl {
       for (auto& r : incoming) Admit(std::move(r));
       HandleCancellations();
       Step();
+      if (config_.check_invariants) CheckInvariants();
       PublishStats();
     }
     // Shutdown: everything in flight ends as aborted.
@@ -343,6 +344,16 @@ class EngineImpl {
       if (sample_row != nullptr) SampleNext(s, sample_row);
     }
     ReapFinished();
+  }
+
+  void CheckInvariants() const {
+    absl::Status st = kv_->CheckInvariants();
+    KV_CHECK_MSG(st.ok(), (std::string(st.message()) + "\n" + kv_->DebugString()).c_str());
+    // Without shared blocks, live sequences hold exactly the used blocks.
+    int held = 0;
+    for (const auto& s : seqs_) held += kv_->HasSequence(s->id) ? kv_->NumBlocks(s->id) : 0;
+    KV_CHECK_MSG(held == kv_->pool().n_used(), kv_->DebugString().c_str());
+    KV_CHECK(kv_->num_sequences() <= static_cast<int>(seqs_.size()));
   }
 
   void SampleNext(Sequence* s, const float* row) {

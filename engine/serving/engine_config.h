@@ -20,6 +20,11 @@ struct EngineConfig {
   int max_n = 8;                         // cap of GenerationRequest::n
   int max_logprobs = 20;                 // cap of GenerationRequest::logprobs
   std::string scheduler = "fcfs";        // scheduling policy by name
+  // Debug hook: after every engine step, verify the KV cache's invariants
+  // (PagedKvCache::CheckInvariants) and that the blocks held by live
+  // sequences are exactly the pool's used blocks; a violation aborts with
+  // the cache's debug dump. Costs O(blocks) per step; on in tests.
+  bool check_invariants = false;
 };
 
 // Checks ranges (every count >= 1, block_tokens a multiple of 16, pool big

@@ -35,6 +35,7 @@ class EngineTest : public ::testing::Test {
   }
 
   std::unique_ptr<Engine> MakeEngine(EngineConfig c) {
+    c.check_invariants = true;
     auto e = Engine::Create(c, model_.get(), tok_.get());
     EXPECT_TRUE(e.ok()) << e.status();
     return e.ok() ? std::move(*e) : nullptr;
