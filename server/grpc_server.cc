@@ -78,9 +78,12 @@ class ActiveRequests {
 class InferenceService final : public v1::Inference::Service {
  public:
   // All pointers non-owning; they must outlive the service.
-  InferenceService(std::string model_name, engine::Engine* engine,
+  InferenceService(std::string model_name, int max_context, engine::Engine* engine,
                    const tokenizer::Tokenizer* tokenizer)
-      : model_name_(std::move(model_name)), engine_(engine), tokenizer_(tokenizer) {}
+      : model_name_(std::move(model_name)),
+        max_context_(max_context),
+        engine_(engine),
+        tokenizer_(tokenizer) {}
 
   grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
                         grpc::ServerWriter<v1::GenerateResponse>* writer) override {
@@ -106,7 +109,7 @@ class InferenceService final : public v1::Inference::Service {
                           v1::ListModelsResponse* response) override {
     v1::ModelInfo* model = response->add_models();
     model->set_name(model_name_);
-    model->set_max_context(engine_->config().max_context);
+    model->set_max_context(max_context_ > 0 ? max_context_ : engine_->config().max_context);
     model->set_vocab_size(tokenizer_->n_vocab());
     return grpc::Status::OK;
   }
@@ -172,6 +175,7 @@ class InferenceService final : public v1::Inference::Service {
   }
 
   const std::string model_name_;
+  const int max_context_;
   engine::Engine* const engine_;                 // not owned
   const tokenizer::Tokenizer* const tokenizer_;  // not owned
   std::atomic<uint64_t> next_id_{0};
@@ -182,7 +186,7 @@ class GrpcServerImpl final : public GrpcServer {
  public:
   GrpcServerImpl(const GrpcServerOptions& options, engine::Engine* engine,
                  const tokenizer::Tokenizer* tokenizer)
-      : engine_(engine), service_(options.model_name, engine, tokenizer) {}
+      : engine_(engine), service_(options.model_name, options.max_context, engine, tokenizer) {}
 
   ~GrpcServerImpl() override { Shutdown(); }
 

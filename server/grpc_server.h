@@ -17,7 +17,10 @@ namespace kvserve::server {
 
 struct GrpcServerOptions {
   std::string address = "127.0.0.1:50051";  // host:port; port 0 picks a free one
-  std::string model_name;                     // what ListModels reports and requests must name
+  std::string model_name;                   // what ListModels reports and requests must name
+  // The request limit ListModels reports (prompt + output tokens); 0 reports
+  // the engine's configured max_context.
+  int max_context = 0;
 };
 
 class GrpcServer {
