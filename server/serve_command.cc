@@ -1,77 +1,162 @@
-// kvserve serve: loads the model and serves HTTP. This first version answers
-// the liveness probe; the OpenAI API, gRPC and metrics join it with the
-// serving work (issue #3).
-#include <climits>
+// kvserve serve: loads the model, starts the engine and serves the OpenAI
+// HTTP API (with /metrics) and, unless --grpc-port 0, the gRPC API. SIGINT
+// or SIGTERM stops both servers, then the engine (requests in flight end
+// with an error), and the process exits 0; a second signal exits at once.
+#include <pthread.h>
+
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <thread>
 
-#include "httplib.h"
-#include "spdlog/spdlog.h"
-#include "config/serve_config.h"
+#include "absl/strings/str_cat.h"
+#include "config/server_config.h"
+#include "engine/serving/engine.h"
 #include "server/cli_common.h"
 #include "server/commands.h"
+#include "server/grpc_server.h"
+#include "server/http_server.h"
+#include "server/metrics.h"
+#include "spdlog/spdlog.h"
 
 namespace kvserve::server {
 namespace {
 
-httplib::Server* g_server = nullptr;  // not owned; set while Listen runs
+constexpr char kSummary[] =
+    "Serves the model over an OpenAI-compatible HTTP API (POST /v1/completions,\n"
+    "POST /v1/chat/completions, GET /v1/models, GET /health, GET /ready, GET /metrics)\n"
+    "and the gRPC API kvserve.v1.Inference.\n"
+    "\n"
+    "Options come from --config FILE, a JSON object whose keys are the flag names\n"
+    "below (with '-' or '_'), e.g. {\"model\": \"m.gguf\", \"kv_cache_bytes\": \"2GiB\"};\n"
+    "flags given on the command line override the file. Invalid settings stop the\n"
+    "server at start-up with exit code 2. SIGINT/SIGTERM shut down cleanly (exit 0).";
 
-void OnSignal(int) {
-  if (g_server != nullptr) g_server->stop();
+int UsageError(const std::string& message) {
+  std::fprintf(stderr, "kvserve serve: %s\n", message.c_str());
+  return 2;
+}
+
+std::string HostPort(const std::string& host, int port) {
+  const bool v6 = host.find(':') != std::string::npos;
+  return v6 ? absl::StrCat("[", host, "]:", port) : absl::StrCat(host, ":", port);
 }
 
 }  // namespace
 
 int RunServe(const std::vector<std::string>& args) {
-  CliArgs cli("serve", "Loads the model and serves HTTP: GET /health answers once it is loaded.");
-  AddModelFlags(&cli);
-  cli.Flag("host", "ADDR", "127.0.0.1", "address to listen on");
-  cli.Flag("port", "PORT", "8080", "HTTP port");
-  cli.Flag("log-level", "LEVEL", "info", "trace, debug, info, warn, error");
+  CliArgs cli("serve", kSummary);
+  cli.Flag("config", "FILE", "", "JSON file of options; command-line flags override it");
+  for (const config::ConfigOption& o : config::ServerConfigOptions()) {
+    cli.Flag(o.name, o.placeholder, o.default_text, o.help);
+  }
   int code = 0;
   if (!ParseOrExit(&cli, args, &code)) return code;
-  auto threads = cli.GetInt("threads", INT32_MIN, INT32_MAX);
-  auto port = cli.GetInt("port", INT32_MIN, INT32_MAX);
-  for (const absl::Status& s : {threads.status(), port.status()}) {
-    if (!s.ok()) {
-      std::fprintf(stderr, "kvserve serve: %s\n", std::string(s.message()).c_str());
-      return 2;
+
+  config::ServerConfigBuilder builder;
+  if (cli.Has("config")) {
+    if (absl::Status s = builder.ApplyFile(cli.Get("config")); !s.ok()) {
+      return UsageError(absl::StrCat("invalid configuration: ", s.message()));
     }
   }
-  auto config = config::ValidateServeConfig({cli.Get("model"), cli.Get("host"),
-                                             static_cast<int>(*port), static_cast<int>(*threads),
-                                             cli.Get("log-level")});
-  if (!config.ok()) {
-    std::fprintf(stderr, "kvserve serve: invalid configuration: %s\n",
-                 std::string(config.status().message()).c_str());
-    return 2;
+  for (const config::ConfigOption& o : config::ServerConfigOptions()) {
+    if (!cli.Has(o.name)) continue;
+    if (absl::Status s = builder.Set(o.name, cli.Get(o.name)); !s.ok()) {
+      return UsageError(absl::StrCat("invalid configuration: ", s.message()));
+    }
   }
-  const config::ServeConfig& cfg = *config;
+  auto built = builder.Build();
+  if (!built.ok()) {
+    return UsageError(absl::StrCat("invalid configuration: ", built.status().message()));
+  }
+  const config::ServerConfig& cfg = *built;
   spdlog::set_level(spdlog::level::from_str(cfg.log_level));
+
+  // Only the waiting thread below takes SIGINT/SIGTERM: block them before
+  // any thread (model pool, engine, servers) exists so that all inherit the
+  // mask. Writes to closed sockets must be errors, not SIGPIPE.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
+
   spdlog::info("loading {}", cfg.model_path);
   auto loaded = LoadModel(cfg.model_path, cfg.threads);
   if (!loaded.ok()) {
     spdlog::error("{}", std::string(loaded.status().message()));
     return 1;
   }
-  const model::ModelConfig& c = loaded->model->config();
-  spdlog::info("model '{}' ({} layers, {} heads / {} KV heads, context {}), {} threads", c.name,
-               c.n_layers, c.n_head, c.n_kv_head, c.n_ctx_train, loaded->model->n_threads());
+  const model::ModelConfig& mc = loaded->model->config();
+  spdlog::info("model '{}' ({} layers, {} heads / {} KV heads, context {}), {} threads", mc.name,
+               mc.n_layers, mc.n_head, mc.n_kv_head, mc.n_ctx_train, loaded->model->n_threads());
+  if (cfg.engine.max_context > mc.n_ctx_train) {
+    return UsageError(absl::StrCat("invalid configuration: max-context: ", cfg.engine.max_context,
+                                   " exceeds the model's training context of ", mc.n_ctx_train,
+                                   " tokens"));
+  }
+  const int max_context = cfg.engine.max_context > 0 ? cfg.engine.max_context : mc.n_ctx_train;
 
-  httplib::Server http;
-  http.Get("/health", [](const httplib::Request&, httplib::Response& res) {
-    res.set_content("{\"status\":\"ok\"}", "application/json");
-  });
-  g_server = &http;
-  std::signal(SIGINT, OnSignal);
-  std::signal(SIGTERM, OnSignal);
-  if (!http.bind_to_port(cfg.host, cfg.port)) {
-    spdlog::error("cannot listen on {}:{}", cfg.host, cfg.port);
+  Metrics metrics(cfg.model_name);
+  auto engine =
+      engine::Engine::Create(cfg.engine, loaded->model.get(), loaded->tokenizer.get(), &metrics);
+  if (!engine.ok()) {
+    spdlog::error("cannot start the engine: {}", std::string(engine.status().message()));
     return 1;
   }
-  spdlog::info("listening on http://{}:{}", cfg.host, cfg.port);
-  http.listen_after_bind();
-  g_server = nullptr;
+  spdlog::info(
+      "engine: KV cache {:.0f} MiB in blocks of {} tokens, max-running {}, max-waiting {}, "
+      "max-batch-tokens {}, max-context {}, max-n {}, max-logprobs {}, scheduler {}",
+      static_cast<double>(cfg.engine.kv_cache_bytes) / (1 << 20), cfg.engine.block_tokens,
+      cfg.engine.max_running, cfg.engine.max_waiting, cfg.engine.max_batch_tokens, max_context,
+      cfg.engine.max_n, cfg.engine.max_logprobs, cfg.engine.scheduler);
+
+  HttpServerOptions http_options;
+  http_options.host = cfg.host;
+  http_options.port = cfg.port;
+  http_options.model_name = cfg.model_name;
+  http_options.max_context = max_context;
+  auto http = HttpServer::Start(http_options, engine->get(), loaded->tokenizer.get(), &metrics);
+  if (!http.ok()) {
+    spdlog::error("{}", std::string(http.status().message()));
+    (*engine)->Shutdown();
+    return 1;
+  }
+  std::unique_ptr<GrpcServer> grpc;
+  if (cfg.grpc_port != 0) {
+    GrpcServerOptions grpc_options;
+    grpc_options.address = HostPort(cfg.host, cfg.grpc_port);
+    grpc_options.model_name = cfg.model_name;
+    auto started = GrpcServer::Start(grpc_options, engine->get(), loaded->tokenizer.get());
+    if (!started.ok()) {
+      spdlog::error("cannot start the gRPC server on {}: {}", grpc_options.address,
+                    std::string(started.status().message()));
+      (*http)->Stop();
+      (*engine)->Shutdown();
+      (*http)->Shutdown();
+      return 1;
+    }
+    grpc = std::move(*started);
+  }
+  spdlog::info("serving '{}' on http://{}", cfg.model_name, HostPort(cfg.host, (*http)->port()));
+
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  spdlog::info("{}: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  // A second signal means "now": do not wait for the orderly shutdown.
+  std::thread([stop_signals] {
+    int again = 0;
+    sigwait(&stop_signals, &again);
+    std::_Exit(1);
+  }).detach();
+  // New connections stop first; ending the engine then finishes the
+  // requests in flight (with an error) so their handlers return promptly.
+  (*http)->Stop();
+  if (grpc) grpc->Shutdown();
+  (*engine)->Shutdown();
+  (*http)->Shutdown();
   spdlog::info("stopped");
   return 0;
 }

@@ -1,0 +1,75 @@
+// The OpenAI-compatible HTTP front end (cpp-httplib):
+//
+//   POST /v1/completions         text completion, optionally streamed (SSE)
+//   POST /v1/chat/completions    chat completion via the GGUF chat template
+//   GET  /v1/models              the one served model
+//   GET  /v1/models/{name}       that model, or 404
+//   GET  /health                 200 {"status":"ok"} while the process runs
+//   GET  /ready                  200 once the engine is ready, else 503
+//   GET  /metrics                Prometheus text format (metrics.h)
+//
+// Every error is an OpenAI error body (status_mapping.h); unknown paths are
+// 404 and known paths with the wrong method 405, both as JSON. A request
+// whose client goes away is cancelled in the engine: streaming ones when a
+// write fails or the socket reports end-of-file, non-streaming ones by
+// polling the connection while they wait (cpp-httplib 0.11 does not expose
+// the socket, so it is found by matching the request's addresses against
+// the process's sockets). One log line per request (id, route, status,
+// token counts, latency), never the prompt.
+//
+// Thread-safety: Start/Stop/Shutdown from one thread; the handlers run on
+// cpp-httplib's worker threads and use only the engine's thread-safe API.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "engine/serving/engine.h"
+#include "engine/tokenizer/tokenizer.h"
+#include "server/metrics.h"
+
+namespace kvserve::server {
+
+struct HttpServerOptions {
+  std::string host = "127.0.0.1";
+  int port = 8080;         // 0 picks a free port (see HttpServer::port())
+  std::string model_name;  // what /v1/models lists and requests must name
+  // Prompt + completion limit in tokens: EngineConfig::max_context, or the
+  // model's training context when that is 0.
+  int max_context = 0;
+  // cpp-httplib worker threads; each in-flight request holds one. 0 derives
+  // max_running + max_waiting + 16 from the engine (at most 1024).
+  int worker_threads = 0;
+  size_t max_body_bytes = 32u << 20;  // larger bodies get 413
+};
+
+class HttpServer {
+ public:
+  // Binds and starts serving on a background thread. `engine`, `tokenizer`
+  // and `metrics` must outlive the server (non-owning). Fails when the
+  // address cannot be bound.
+  static absl::StatusOr<std::unique_ptr<HttpServer>> Start(const HttpServerOptions& options,
+                                                           engine::Engine* engine,
+                                                           const tokenizer::Tokenizer* tokenizer,
+                                                           Metrics* metrics);
+  ~HttpServer();  // Shutdown()
+
+  // The bound port (useful with port 0).
+  int port() const;
+  // Stops accepting connections; returns at once. Requests in flight go on
+  // (shut the engine down to end them).
+  void Stop();
+  // Stop(), then waits for the requests in flight and the listener thread.
+  // Idempotent.
+  void Shutdown();
+
+  class Impl;
+
+ private:
+  explicit HttpServer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace kvserve::server

@@ -1,0 +1,88 @@
+// Prometheus metrics of the server (docs/metrics.md lists every one).
+//
+// Three sources feed them:
+//   * Engine::Stats() at scrape time: gauges (running, waiting, KV cache)
+//     and the engine's cumulative counters (preemptions, tokens, rejected).
+//   * EngineObserver callbacks on the engine thread: per-choice latency
+//     histograms and finish-reason counters, per-step duration.
+//   * The HTTP front end: requests by route and status code.
+// Everything lives in one prometheus-cpp registry rendered in the text
+// exposition format 0.0.4 by Render(), which the HTTP server serves at
+// /metrics (no separate exposer port).
+//
+// Thread-safety: all methods may be called concurrently (prometheus-cpp
+// metrics are thread-safe; Render serialises itself with a mutex).
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+
+#include "engine/serving/engine_stats.h"
+
+namespace prometheus {
+class Registry;
+class Counter;
+class Gauge;
+class Histogram;
+template <typename T>
+class Family;
+}  // namespace prometheus
+
+namespace kvserve::server {
+
+class Metrics : public engine::EngineObserver {
+ public:
+  // `model_name` labels kvserve_model_info.
+  explicit Metrics(const std::string& model_name);
+  ~Metrics() override;
+
+  // EngineObserver; called on the engine thread.
+  void OnChoiceFinished(const engine::RequestTimings& timings) override;
+  void OnStep(int batch_tokens, double step_s) override;
+
+  // Counts one HTTP request. `route` must come from a fixed set (the
+  // server's routes or "other") so that label values stay bounded.
+  void RecordHttpRequest(std::string_view route, std::string_view method, int status);
+
+  // Refreshes the gauges and engine counters from `stats` and returns the
+  // whole registry in the Prometheus text format.
+  std::string Render(const engine::EngineStats& stats);
+
+  static constexpr char kContentType[] = "text/plain; version=0.0.4; charset=utf-8";
+
+ private:
+  std::shared_ptr<prometheus::Registry> registry_;
+
+  // Gauges from Stats().
+  prometheus::Gauge* running_;
+  prometheus::Gauge* waiting_;
+  prometheus::Gauge* kv_capacity_bytes_;
+  prometheus::Gauge* kv_used_bytes_;
+  prometheus::Gauge* kv_usage_ratio_;
+  prometheus::Gauge* kv_blocks_free_;
+  prometheus::Gauge* kv_blocks_used_;
+  // Counters mirrored from Stats(): advanced by the difference at scrape.
+  prometheus::Counter* preemptions_;
+  prometheus::Counter* prompt_tokens_;
+  prometheus::Counter* generation_tokens_;
+  prometheus::Counter* rejected_;
+  prometheus::Counter* steps_;
+  // From the observer.
+  prometheus::Family<prometheus::Counter>* finished_;
+  prometheus::Histogram* ttft_;
+  prometheus::Histogram* tpot_;
+  prometheus::Histogram* e2e_;
+  prometheus::Histogram* queue_;
+  prometheus::Histogram* request_prompt_tokens_;
+  prometheus::Histogram* request_generation_tokens_;
+  prometheus::Histogram* step_duration_;
+  prometheus::Histogram* step_batch_tokens_;
+  // From the HTTP server.
+  prometheus::Family<prometheus::Counter>* http_requests_;
+
+  std::mutex render_mu_;  // one scrape at a time, so the counter deltas add up
+};
+
+}  // namespace kvserve::server
