@@ -129,6 +129,7 @@ int RunServe(const std::vector<std::string>& args) {
     GrpcServerOptions grpc_options;
     grpc_options.address = HostPort(cfg.host, cfg.grpc_port);
     grpc_options.model_name = cfg.model_name;
+    grpc_options.max_context = max_context;
     auto started = GrpcServer::Start(grpc_options, engine->get(), loaded->tokenizer.get());
     if (!started.ok()) {
       spdlog::error("cannot start the gRPC server on {}: {}", grpc_options.address,
