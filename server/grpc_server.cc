@@ -23,6 +23,7 @@
 #include "absl/synchronization/notification.h"
 #include "kvserve/v1/inference.grpc.pb.h"
 #include "server/grpc_messages.h"
+#include "server/status_mapping.h"
 #include "spdlog/spdlog.h"
 
 namespace kvserve::server {
@@ -34,13 +35,8 @@ constexpr absl::Duration kPollInterval = absl::Milliseconds(20);
 // How long Shutdown lets cancelled calls finish before gRPC cuts them off.
 constexpr auto kShutdownGrace = std::chrono::seconds(5);
 
-grpc::StatusCode CodeFor(const absl::Status& status) {
-  // absl's codes are numbered as gRPC's.
-  return static_cast<grpc::StatusCode>(static_cast<int>(status.code()));
-}
-
 grpc::Status ToGrpcStatus(const absl::Status& status) {
-  return grpc::Status(CodeFor(status), std::string(status.message()));
+  return grpc::Status(GrpcCodeFor(status), std::string(status.message()));
 }
 
 // The calls in flight, so that Shutdown can cancel them. Thread-safe.
