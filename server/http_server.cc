@@ -201,6 +201,9 @@ class HttpServer::Impl {
     if (threads <= 0) threads = std::min(1024, ec.max_running + ec.max_waiting + 16);
     http_.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
     http_.set_payload_max_length(options_.max_body_bytes);
+    // Clients with connection pools (the openai client) reuse connections
+    // for many requests; cpp-httplib's default closes them after 5.
+    http_.set_keep_alive_max_count(1000);
     http_.set_default_headers({{"Access-Control-Allow-Origin", "*"}});
     http_.set_pre_routing_handler(
         [this](const httplib::Request& req, httplib::Response& res) { return PreRoute(req, res); });

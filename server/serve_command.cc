@@ -1,7 +1,8 @@
 // kvserve serve: loads the model, starts the engine and serves the OpenAI
 // HTTP API (with /metrics) and, unless --grpc-port 0, the gRPC API. SIGINT
-// or SIGTERM stops both servers, then the engine (requests in flight end
-// with an error), and the process exits 0; a second signal exits at once.
+// or SIGTERM stops the gRPC server and the engine (requests in flight end
+// with an error), then the HTTP server, and the process exits 0; a second
+// signal exits at once.
 #include <pthread.h>
 
 #include <csignal>
@@ -152,9 +153,10 @@ int RunServe(const std::vector<std::string>& args) {
     sigwait(&stop_signals, &again);
     std::_Exit(1);
   }).detach();
-  // New connections stop first; ending the engine then finishes the
-  // requests in flight (with an error) so their handlers return promptly.
-  (*http)->Stop();
+  // Ending the engine first makes every request in flight end with an
+  // error its client can read (503, or an SSE error event and [DONE]) and
+  // lets its handler return; requests arriving meanwhile get 503. Then the
+  // HTTP server stops and waits for its handlers.
   if (grpc) grpc->Shutdown();
   (*engine)->Shutdown();
   (*http)->Shutdown();
