@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <ctime>
 #include <thread>
 #include <utility>
@@ -162,6 +163,17 @@ bool PeerClosed(int fd) {
   return r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
 }
 
+// cpp-httplib 0.11 listens with a backlog of 5: when dozens of clients
+// connect at once the accept queue overflows and connections are reset.
+// Linux lets listen() be called again on a listening socket to raise it.
+class BacklogServer : public httplib::Server {
+ public:
+  bool RaiseBacklog(int backlog) {
+    const socket_t sock = svr_sock_;
+    return sock != INVALID_SOCKET && ::listen(sock, backlog) == 0;
+  }
+};
+
 // State of one streamed response, shared by the content provider and the
 // resource releaser (both copies of std::function).
 struct StreamState {
@@ -275,6 +287,9 @@ class HttpServer::Impl {
                                                    " (address in use or not available)"));
       }
       port_ = options_.port;
+    }
+    if (!http_.RaiseBacklog(SOMAXCONN)) {
+      spdlog::warn("could not raise the HTTP listen backlog: {}", std::strerror(errno));
     }
     listener_ = std::thread([this] { http_.listen_after_bind(); });
     return absl::OkStatus();
@@ -583,7 +598,7 @@ class HttpServer::Impl {
   ProtocolLimits limits_;
   tokenizer::ChatTemplateInfo chat_template_;
   absl::Status chat_template_error_;
-  httplib::Server http_;
+  BacklogServer http_;
   int port_ = 0;
   std::thread listener_;
 };

@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <future>
 #include <string>
@@ -183,6 +184,29 @@ TEST_F(HttpServerTest, UnknownRoutesAre404AndWrongMethods405AsJson) {
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 204);
   EXPECT_EQ(r->get_header_value("Access-Control-Allow-Origin"), "*");
+}
+
+// Many clients connecting at the same moment are all served (cpp-httplib's
+// own listen backlog of 5 would reset some of them).
+TEST_F(HttpServerTest, BurstOfConnectionsIsServed) {
+  Start();
+  constexpr int kClients = 128;
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0};
+  std::atomic<bool> go{false};
+  for (int i = 0; i < kClients; ++i) {
+    threads.emplace_back([&] {
+      httplib::Client c("127.0.0.1", server_->port());
+      c.set_connection_timeout(30, 0);
+      c.set_read_timeout(30, 0);
+      while (!go.load()) std::this_thread::yield();
+      auto r = c.Get("/health");
+      if (r && r->status == 200) ++ok;
+    });
+  }
+  go = true;
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), kClients);
 }
 
 TEST_F(HttpServerTest, CompletionFromTokensAndText) {
