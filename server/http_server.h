@@ -14,8 +14,9 @@
 // write fails or the socket reports end-of-file, non-streaming ones by
 // polling the connection while they wait (cpp-httplib 0.11 does not expose
 // the socket, so it is found by matching the request's addresses against
-// the process's sockets). One log line per request (id, route, status,
-// token counts, latency), never the prompt.
+// the process's sockets; as with other servers, a client that shuts down
+// its sending side counts as gone). One log line per request (id, route,
+// status, token counts, latency), never the prompt.
 //
 // Thread-safety: Start/Stop/Shutdown from one thread; the handlers run on
 // cpp-httplib's worker threads and use only the engine's thread-safe API.
