@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <future>
 #include <string>
 #include <thread>
@@ -43,7 +44,9 @@ class HttpServerTest : public ::testing::Test {
     spec.n_ctx = kContext;
     spec.matrix_type = gguf::GgmlType::kQ8_0;
     testing::TinyLlamaWeights w;
-    const std::string path = ::testing::TempDir() + "/http_server_tiny.gguf";
+    // One file per process: ctest runs the cases of this suite in parallel.
+    const std::string path =
+        ::testing::TempDir() + "/http_server_tiny_" + std::to_string(getpid()) + ".gguf";
     ASSERT_TRUE(testing::WriteTinyLlama(path, spec, &w).ok());
     auto m = model::LlamaModel::Load(path, 2);
     ASSERT_TRUE(m.ok()) << m.status();
@@ -51,6 +54,7 @@ class HttpServerTest : public ::testing::Test {
     auto t = tokenizer::Tokenizer::FromGguf(model_->file());
     ASSERT_TRUE(t.ok()) << t.status();
     tokenizer_ = t->release();
+    std::remove(path.c_str());  // the model keeps its own mapping
   }
   static void TearDownTestSuite() {
     delete tokenizer_;
@@ -356,18 +360,28 @@ TEST_F(HttpServerTest, MetricsEndpointCountsRequests) {
   auto r = Post("/v1/completions", {{"prompt", {3, 4}}, {"max_tokens", 2}, {"ignore_eos", true}});
   ASSERT_TRUE(r);
   ASSERT_EQ(r->status, 200);
-  r = client_->Get("/metrics");
-  ASSERT_TRUE(r);
-  EXPECT_EQ(r->status, 200);
-  EXPECT_THAT(r->get_header_value("Content-Type"), ::testing::StartsWith("text/plain"));
-  EXPECT_THAT(r->body, HasSubstr("kvserve_http_requests_total{method=\"POST\",route=\"/v1/"
-                                 "completions\",status=\"200\"} 1"));
-  EXPECT_THAT(
-      r->body,
-      HasSubstr("kvserve_http_requests_total{method=\"GET\",route=\"other\",status=\"404\"} 1"));
-  EXPECT_THAT(r->body, HasSubstr("kvserve_generation_tokens_total 2"));
-  EXPECT_THAT(r->body, HasSubstr("kvserve_requests_total{finish_reason=\"length\"} 1"));
-  EXPECT_THAT(r->body, HasSubstr("kvserve_kv_cache_capacity_bytes "));
+  // The engine publishes its counters after the step and the access log
+  // counts a request after its response is sent: poll until both caught up.
+  const std::vector<std::string> want = {
+      "kvserve_http_requests_total{method=\"POST\",route=\"/v1/completions\",status=\"200\"} 1",
+      "kvserve_http_requests_total{method=\"GET\",route=\"other\",status=\"404\"} 1",
+      "kvserve_generation_tokens_total 2",
+      "kvserve_requests_total{finish_reason=\"length\"} 1",
+      "kvserve_kv_cache_capacity_bytes ",
+  };
+  std::string body;
+  for (int i = 0; i < 1000; ++i) {
+    r = client_->Get("/metrics");
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->status, 200);
+    EXPECT_THAT(r->get_header_value("Content-Type"), ::testing::StartsWith("text/plain"));
+    body = r->body;
+    bool all = true;
+    for (const std::string& w : want) all &= body.find(w) != std::string::npos;
+    if (all) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  for (const std::string& w : want) EXPECT_THAT(body, HasSubstr(w));
 }
 
 // Opens a connection, sends `body` to /v1/completions, and returns the
