@@ -301,7 +301,8 @@ def write_markdown(path, res):
                  f"median {o['median']:.0%}, max {o['max']:.0%}. Each run first waited up to "
                  f"{res['max_wait']:.0f} s for the machine to be <= {res['max_busy']:.0%} busy; "
                  f"a run disturbed by more than {res['max_interference']:.0%} was repeated (at "
-                 f"most {res['max_attempts']} attempts)")
+                 f"most {res['max_attempts']} attempts; a run still disturbed at the last "
+                 f"attempt is kept, and the last table shows its share)")
     pv = res["peer_version"]
     L += [f"- Model: `{os.path.basename(res['model'])}` (sha256 `{res['model_sha256']}`), "
           f"threads: {res['threads']} on both sides",

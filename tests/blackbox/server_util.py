@@ -10,6 +10,7 @@ output goes to a log file; its tail is printed at teardown, which pytest shows f
 failed tests.
 """
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -38,6 +39,7 @@ class KvServer:
         self.binary, self.model, self.flags = binary, model, list(flags)
         self.threads, self.model_name = threads, model_name
         self.proc = None
+        self._clients = []  # closed before shutdown: idle keep-alive connections delay it
         self.port = None
         self.grpc_port = None
         self._log_file = None
@@ -94,6 +96,8 @@ class KvServer:
         """SIGTERM, then SIGKILL after 20 s; returns the exit code (None if never started)."""
         if self.proc is None:
             return None
+        for c in self._clients:
+            c.close()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -111,8 +115,10 @@ class KvServer:
 
     def client(self, timeout=120, **kw):
         """The official OpenAI client; no retries, so a 429 or 5xx surfaces as is."""
-        return openai.OpenAI(base_url=self.url("/v1"), api_key="unused", max_retries=0,
-                             timeout=timeout, **kw)
+        c = openai.OpenAI(base_url=self.url("/v1"), api_key="unused", max_retries=0,
+                          timeout=timeout, **kw)
+        self._clients.append(c)
+        return c
 
     def metrics_text(self):
         r = requests.get(self.url("/metrics"), timeout=10)
@@ -133,22 +139,29 @@ class KvServer:
         return samples[(name, frozenset(labels.items()))]
 
     def wait_for_metrics(self, want, timeout=10.0):
-        """Polls /metrics until every {sample name or (name, labels dict): value} holds.
+        """Polls /metrics until every {selector: value} holds, where a selector is a
+        sample name with optional labels: 'kvserve_kv_cache_blocks{state="used"}'.
 
         Returns the last scrape; on timeout returns it too, so the caller's asserts show
         what differed.
         """
+        keys = {sel: parse_selector(sel) for sel in want}
         deadline = time.monotonic() + timeout
         while True:
             samples = self.metric_samples()
-            ok = True
-            for key, value in want.items():
-                name, labels = (key, {}) if isinstance(key, str) else key
-                if samples.get((name, frozenset(labels.items()))) != value:
-                    ok = False
-            if ok or time.monotonic() > deadline:
+            if all(samples.get(keys[sel]) == value for sel, value in want.items()):
+                return samples
+            if time.monotonic() > deadline:
                 return samples
             time.sleep(0.2)
+
+
+def parse_selector(selector):
+    """'name{a="x",b="y"}' -> (name, frozenset of label pairs), as metric_samples keys."""
+    m = re.fullmatch(r'([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?', selector)
+    assert m, selector
+    labels = dict(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="([^"]*)"', m.group(2) or ""))
+    return m.group(1), frozenset(labels.items())
 
 
 def start_server(request, binary, model, *flags, threads=2):

@@ -214,6 +214,23 @@ def test_n_choices(client):
     assert r.usage.completion_tokens == 24
 
 
+def test_streamed_n_choices_equal_the_non_streamed_ones(client):
+    kw = dict(model=MODEL_NAME, prompt=STORY, max_tokens=10, n=2, temperature=1.0, seed=11,
+              extra_body={"ignore_eos": True})
+    want = {c.index: c.text for c in client.completions.create(**kw).choices}
+    got, finishes, usage = {0: "", 1: ""}, {}, None
+    for ch in client.completions.create(stream=True, stream_options={"include_usage": True},
+                                        **kw):
+        for c in ch.choices:
+            got[c.index] += c.text
+            if c.finish_reason:
+                finishes[c.index] = c.finish_reason
+        usage = ch.usage or usage
+    assert got == want
+    assert finishes == {0: "length", 1: "length"}
+    assert usage.completion_tokens == 20
+
+
 def test_n_choices_in_chat(client):
     r = client.chat.completions.create(
         model=MODEL_NAME, messages=[{"role": "user", "content": "Tell me a story."}],

@@ -83,7 +83,7 @@ def test_preempted_requests_finish_with_their_alone_greedy_text(small_pool):
     for i, (got, want) in enumerate(zip(results, alone)):
         assert got == want, f"request {i} differs under KV pressure"
     s = small_pool.wait_for_metrics({"kvserve_requests_running": 0,
-                                     ("kvserve_kv_cache_blocks", {"state": "used"}): 0})
+                                     'kvserve_kv_cache_blocks{state="used"}': 0})
     assert small_pool.metric("kvserve_requests_running", s) == 0
     assert small_pool.metric("kvserve_requests_waiting", s) == 0
     assert small_pool.metric("kvserve_kv_cache_blocks", s, state="used") == 0
