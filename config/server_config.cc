@@ -131,6 +131,19 @@ const std::vector<OptionSpec>& Specs() {
                    c->engine.scheduler = std::string(v);
                    return absl::OkStatus();
                  }});
+    s.push_back({{"debug-check-invariants", "BOOL", "false",
+                  "verify the KV cache's block accounting after every engine step and abort on a "
+                  "violation (for tests; costs time per step)"},
+                 [](ServerConfig* c, std::string_view name, std::string_view v) -> absl::Status {
+                   if (v == "true" || v == "1") {
+                     c->engine.check_invariants = true;
+                   } else if (v == "false" || v == "0") {
+                     c->engine.check_invariants = false;
+                   } else {
+                     return Bad(name, "must be true or false, got '" + std::string(v) + "'");
+                   }
+                   return absl::OkStatus();
+                 }});
     return s;
   }();
   return specs;

@@ -55,7 +55,11 @@ class KvServer:
     def command(self):
         return [self.binary, "serve", "--model", self.model, "--model-name", self.model_name,
                 "--host", "127.0.0.1", "--port", str(self.port), "--grpc-port",
-                str(self.grpc_port), "--threads", str(self.threads)] + self.flags
+                str(self.grpc_port), "--threads", str(self.threads),
+                # Every black-box scenario also checks the KV block accounting
+                # after each engine step: a leak or double ownership aborts
+                # the server and fails the test that caused it.
+                "--debug-check-invariants", "true"] + self.flags
 
     def start(self, timeout=STARTUP_TIMEOUT_S):
         self.port, self.grpc_port = pick_free_port(), pick_free_port()
