@@ -15,7 +15,7 @@
 #include "engine/tokenizer/tokenizer.h"
 #include "gtest/gtest.h"
 #include "kvserve/v1/inference.grpc.pb.h"
-#include "tests/engine/model/tiny_model.h"
+#include "tests/engine/model/tiny_serving_model.h"
 
 namespace kvserve::server {
 namespace {
@@ -28,24 +28,10 @@ constexpr int kContext = 4096;
 class GrpcServerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    testing::TinyLlamaSpec spec;
-    spec.n_layers = 4;
-    spec.n_embd = 256;
-    spec.n_head = 4;
-    spec.n_kv_head = 2;
-    spec.n_ff = 512;
-    spec.n_vocab = 64;
-    spec.n_ctx = kContext;
-    spec.matrix_type = gguf::GgmlType::kQ8_0;
-    testing::TinyLlamaWeights w;
-    const std::string path = ::testing::TempDir() + "/grpc_server_tiny.gguf";
-    ASSERT_TRUE(testing::WriteTinyLlama(path, spec, &w).ok());
-    auto m = model::LlamaModel::Load(path, 2);
-    ASSERT_TRUE(m.ok()) << m.status();
-    model_ = m->release();
-    auto t = tokenizer::Tokenizer::FromGguf(model_->file());
-    ASSERT_TRUE(t.ok()) << t.status();
-    tokenizer_ = t->release();
+    auto tiny = testing::LoadTinyServingModel("grpc_server_tiny", kContext);
+    ASSERT_TRUE(tiny.ok()) << tiny.status();
+    model_ = tiny->model.release();
+    tokenizer_ = tiny->tokenizer.release();
   }
   static void TearDownTestSuite() {
     delete tokenizer_;

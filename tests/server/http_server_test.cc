@@ -21,7 +21,7 @@
 #include "gtest/gtest.h"
 #include "httplib.h"
 #include "nlohmann/json.hpp"
-#include "tests/engine/model/tiny_model.h"
+#include "tests/engine/model/tiny_serving_model.h"
 
 namespace kvserve::server {
 namespace {
@@ -34,27 +34,10 @@ constexpr int kContext = 2048;
 class HttpServerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    testing::TinyLlamaSpec spec;
-    spec.n_layers = 4;
-    spec.n_embd = 256;
-    spec.n_head = 4;
-    spec.n_kv_head = 2;
-    spec.n_ff = 512;
-    spec.n_vocab = 64;
-    spec.n_ctx = kContext;
-    spec.matrix_type = gguf::GgmlType::kQ8_0;
-    testing::TinyLlamaWeights w;
-    // One file per process: ctest runs the cases of this suite in parallel.
-    const std::string path =
-        ::testing::TempDir() + "/http_server_tiny_" + std::to_string(getpid()) + ".gguf";
-    ASSERT_TRUE(testing::WriteTinyLlama(path, spec, &w).ok());
-    auto m = model::LlamaModel::Load(path, 2);
-    ASSERT_TRUE(m.ok()) << m.status();
-    model_ = m->release();
-    auto t = tokenizer::Tokenizer::FromGguf(model_->file());
-    ASSERT_TRUE(t.ok()) << t.status();
-    tokenizer_ = t->release();
-    std::remove(path.c_str());  // the model keeps its own mapping
+    auto tiny = testing::LoadTinyServingModel("http_server_tiny", kContext);
+    ASSERT_TRUE(tiny.ok()) << tiny.status();
+    model_ = tiny->model.release();
+    tokenizer_ = tiny->tokenizer.release();
   }
   static void TearDownTestSuite() {
     delete tokenizer_;
