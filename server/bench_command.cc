@@ -33,13 +33,9 @@ int RunBench(const std::vector<std::string>& args) {
   auto R = cli.GetInt("repeat", 1, 1000);
   auto U = cli.GetInt("ubatch", 1, 1 << 16);
   auto seed = cli.GetInt("seed", 0, INT64_MAX);
-  for (const absl::Status& s : {threads.status(), P.status(), G.status(), B.status(), R.status(),
-                                U.status(), seed.status()}) {
-    if (!s.ok()) {
-      std::fprintf(stderr, "kvserve bench: %s\n", std::string(s.message()).c_str());
-      return 2;
-    }
-  }
+  if (!AllFlagsValid("bench", {threads.status(), P.status(), G.status(), B.status(), R.status(),
+                               U.status(), seed.status()}))
+    return 2;
   auto m = model::LlamaModel::Load(cli.Get("model"), static_cast<int>(*threads));
   if (!m.ok()) {
     std::fprintf(stderr, "kvserve bench: %s\n", std::string(m.status().message()).c_str());
@@ -97,10 +93,11 @@ int RunBench(const std::vector<std::string>& args) {
           rep, static_cast<long>(*B), static_cast<long>(*P), static_cast<long>(*G),
           (*m)->n_threads(), ps, ptps, ds, dtps);
     } else {
-      std::printf("rep %d: prefill %ld x %ld tokens %.3f s (%.1f tok/s), decode %ld x %ld tokens "
-                  "%.3f s (%.1f tok/s)\n",
-                  rep, static_cast<long>(*B), static_cast<long>(*P), ps, ptps,
-                  static_cast<long>(*B), static_cast<long>(*G), ds, dtps);
+      std::printf(
+          "rep %d: prefill %ld x %ld tokens %.3f s (%.1f tok/s), decode %ld x %ld tokens "
+          "%.3f s (%.1f tok/s)\n",
+          rep, static_cast<long>(*B), static_cast<long>(*P), ps, ptps, static_cast<long>(*B),
+          static_cast<long>(*G), ds, dtps);
     }
     std::fflush(stdout);
   }

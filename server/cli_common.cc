@@ -19,6 +19,16 @@ bool ParseOrExit(CliArgs* cli, const std::vector<std::string>& args, int* exit_c
   return true;
 }
 
+bool AllFlagsValid(const char* command, std::initializer_list<absl::Status> flag_statuses) {
+  for (const absl::Status& s : flag_statuses) {
+    if (!s.ok()) {
+      std::fprintf(stderr, "kvserve %s: %s\n", command, std::string(s.message()).c_str());
+      return false;
+    }
+  }
+  return true;
+}
+
 void AddModelFlags(CliArgs* cli) {
   cli->Flag("model", "PATH", "", "GGUF model file (Llama-family)", /*required=*/true);
   cli->Flag("threads", "N", "0", "CPU threads for the forward pass (0 = all cores)");

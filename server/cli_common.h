@@ -2,6 +2,7 @@
 // loading a model with its tokenizer.
 #pragma once
 
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -23,6 +24,10 @@ struct LoadedModel {
 };
 
 absl::StatusOr<LoadedModel> LoadModel(const std::string& path, int n_threads);
+
+// Prints the first error among `flag_statuses` as "kvserve <command>: ..."
+// and returns false; true when all are OK.
+bool AllFlagsValid(const char* command, std::initializer_list<absl::Status> flag_statuses);
 
 // Declares the flags every model-using command takes: --model, --threads.
 void AddModelFlags(CliArgs* cli);

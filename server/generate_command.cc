@@ -22,8 +22,9 @@ int Fail(const absl::Status& s) {
 }  // namespace
 
 int RunGenerate(const std::vector<std::string>& args) {
-  CliArgs cli("generate", "Generates a continuation of --prompt and prints it, then a summary line "
-                          "(on stderr) with token counts and speeds.");
+  CliArgs cli("generate",
+              "Generates a continuation of --prompt and prints it, then a summary line "
+              "(on stderr) with token counts and speeds.");
   AddModelFlags(&cli);
   cli.Flag("prompt", "TEXT", "", "the prompt", /*required=*/true);
   cli.Bool("chat", "wrap the prompt as a user message in the model's chat template");
@@ -44,13 +45,9 @@ int RunGenerate(const std::vector<std::string>& args) {
   auto top_p = cli.GetDouble("top-p", 0, 1);
   auto min_p = cli.GetDouble("min-p", 0, 1);
   auto seed = cli.GetInt("seed", 0, INT64_MAX);
-  for (const absl::Status& s : {threads.status(), max_tokens.status(), temperature.status(),
-                                top_k.status(), top_p.status(), min_p.status(), seed.status()}) {
-    if (!s.ok()) {
-      std::fprintf(stderr, "kvserve generate: %s\n", std::string(s.message()).c_str());
-      return 2;
-    }
-  }
+  if (!AllFlagsValid("generate", {threads.status(), max_tokens.status(), temperature.status(),
+                                  top_k.status(), top_p.status(), min_p.status(), seed.status()}))
+    return 2;
 
   auto loaded = LoadModel(cli.Get("model"), static_cast<int>(*threads));
   if (!loaded.ok()) return Fail(loaded.status());
@@ -63,9 +60,9 @@ int RunGenerate(const std::vector<std::string>& args) {
     std::vector<tokenizer::ChatMessage> msgs;
     if (cli.Has("system")) msgs.push_back({"system", cli.Get("system")});
     msgs.push_back({"user", cli.Get("prompt")});
-    auto text = tokenizer::ApplyChatTemplate(tok.chat_template(), msgs,
-                                             /*add_generation_prompt=*/true,
-                                             tok.TokenText(tok.bos_id()), tok.TokenText(tok.eos_id()));
+    auto text = tokenizer::ApplyChatTemplate(
+        tok.chat_template(), msgs,
+        /*add_generation_prompt=*/true, tok.TokenText(tok.bos_id()), tok.TokenText(tok.eos_id()));
     if (!text.ok()) return Fail(text.status());
     prompt = tok.Encode(*text, tok.add_bos(), /*parse_special=*/true);
   } else {

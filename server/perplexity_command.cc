@@ -25,12 +25,9 @@ int RunPerplexity(const std::vector<std::string>& args) {
   auto ctx = cli.GetInt("ctx", 2, 1 << 20);
   auto max_tokens = cli.GetInt("max-tokens", 0, INT64_MAX);
   auto batch = cli.GetInt("batch", 1, 1 << 16);
-  for (const absl::Status& s : {threads.status(), ctx.status(), max_tokens.status(), batch.status()}) {
-    if (!s.ok()) {
-      std::fprintf(stderr, "kvserve perplexity: %s\n", std::string(s.message()).c_str());
-      return 2;
-    }
-  }
+  if (!AllFlagsValid("perplexity",
+                     {threads.status(), ctx.status(), max_tokens.status(), batch.status()}))
+    return 2;
   std::ifstream in(cli.Get("file"), std::ios::binary);
   if (!in) {
     std::fprintf(stderr, "kvserve perplexity: cannot read %s\n", cli.Get("file").c_str());
@@ -40,7 +37,8 @@ int RunPerplexity(const std::vector<std::string>& args) {
   ss << in.rdbuf();
   auto loaded = LoadModel(cli.Get("model"), static_cast<int>(*threads));
   if (!loaded.ok()) {
-    std::fprintf(stderr, "kvserve perplexity: %s\n", std::string(loaded.status().message()).c_str());
+    std::fprintf(stderr, "kvserve perplexity: %s\n",
+                 std::string(loaded.status().message()).c_str());
     return 1;
   }
   if (*ctx > loaded->model->config().n_ctx_train) {
@@ -50,7 +48,8 @@ int RunPerplexity(const std::vector<std::string>& args) {
   }
   std::vector<int32_t> tokens =
       loaded->tokenizer->Encode(ss.str(), loaded->tokenizer->add_bos(), /*parse_special=*/false);
-  if (*max_tokens > 0 && static_cast<int64_t>(tokens.size()) > *max_tokens) tokens.resize(*max_tokens);
+  if (*max_tokens > 0 && static_cast<int64_t>(tokens.size()) > *max_tokens)
+    tokens.resize(*max_tokens);
   std::fprintf(stderr, "[kvserve] %zu tokens, ctx %ld\n", tokens.size(), static_cast<long>(*ctx));
   model::PerplexityOptions opt;
   opt.ctx = static_cast<int>(*ctx);
