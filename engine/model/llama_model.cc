@@ -1,6 +1,7 @@
 #include "engine/model/llama_model.h"
 
 #include <algorithm>
+#include <cstring>
 #include <functional>
 #include <thread>
 
@@ -72,6 +73,8 @@ absl::Status LlamaModel::Forward(const Batch& b, kvcache::KvStore* kv, std::vect
   att_.resize(static_cast<size_t>(n) * Q);
   gate_.resize(static_cast<size_t>(n) * F);
   up_.resize(static_cast<size_t>(n) * F);
+  qkv_.resize(static_cast<size_t>(n) * (Q + 2 * KV));
+  gate_up_.resize(static_cast<size_t>(n) * 2 * F);
 
   const gguf::TensorInfo& embd = weights_->token_embd();
   const size_t embd_row = gguf::RowBytes(embd.type, E);
@@ -84,10 +87,20 @@ absl::Status LlamaModel::Forward(const Batch& b, kvcache::KvStore* kv, std::vect
   for (int l = 0; l < c.n_layers; ++l) {
     const LayerWeights& L = weights_->layers()[l];
     RowPass(n, [&](int i) { RmsNorm(&x_[i * E], L.attn_norm.data(), E, c.rms_eps, &h_[i * E]); });
-    MatMul(L.wq, h_.data(), n, q_.data());
-    MatMul(L.wk, h_.data(), n, k_.data());
-    MatMul(L.wv, h_.data(), n, v_.data());
+    if (L.wqkv.data != nullptr) {
+      MatMul(L.wqkv, h_.data(), n, qkv_.data());
+    } else {
+      MatMul(L.wq, h_.data(), n, q_.data());
+      MatMul(L.wk, h_.data(), n, k_.data());
+      MatMul(L.wv, h_.data(), n, v_.data());
+    }
     RowPass(n, [&](int i) {
+      if (L.wqkv.data != nullptr) {
+        const float* row = &qkv_[static_cast<size_t>(i) * (Q + 2 * KV)];
+        std::memcpy(&q_[i * Q], row, Q * sizeof(float));
+        std::memcpy(&k_[i * KV], row + Q, KV * sizeof(float));
+        std::memcpy(&v_[i * KV], row + Q + KV, KV * sizeof(float));
+      }
       if (!L.bq.empty()) AddInPlace(&q_[i * Q], L.bq.data(), Q);
       if (!L.bk.empty()) AddInPlace(&k_[i * KV], L.bk.data(), KV);
       if (!L.bv.empty()) AddInPlace(&v_[i * KV], L.bv.data(), KV);
@@ -108,9 +121,17 @@ absl::Status LlamaModel::Forward(const Batch& b, kvcache::KvStore* kv, std::vect
       AddInPlace(&x_[i * E], &h_[i * E], E);
       RmsNorm(&x_[i * E], L.ffn_norm.data(), E, c.rms_eps, &h_[i * E]);
     });
-    MatMul(L.w_gate, h_.data(), n, gate_.data());
-    MatMul(L.w_up, h_.data(), n, up_.data());
-    RowPass(n, [&](int i) { SiluMul(&gate_[i * F], &up_[i * F], F, &gate_[i * F]); });
+    if (L.w_gate_up.data != nullptr) {
+      MatMul(L.w_gate_up, h_.data(), n, gate_up_.data());
+      RowPass(n, [&](int i) {
+        const float* row = &gate_up_[static_cast<size_t>(i) * 2 * F];
+        SiluMul(row, row + F, F, &gate_[i * F]);
+      });
+    } else {
+      MatMul(L.w_gate, h_.data(), n, gate_.data());
+      MatMul(L.w_up, h_.data(), n, up_.data());
+      RowPass(n, [&](int i) { SiluMul(&gate_[i * F], &up_[i * F], F, &gate_[i * F]); });
+    }
     MatMul(L.w_down, gate_.data(), n, h_.data());
     RowPass(n, [&](int i) { AddInPlace(&x_[i * E], &h_[i * E], E); });
   }

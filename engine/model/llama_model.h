@@ -55,6 +55,7 @@ class LlamaModel : public ModelRunner {
   kernels::MatMulScratch scratch_;
   // Activations, reused across calls.
   std::vector<float> x_, h_, q_, k_, v_, att_, gate_, up_, out_rows_;
+  std::vector<float> qkv_, gate_up_;  // outputs of the stacked matmuls
 };
 
 }  // namespace kvserve::model

@@ -1,5 +1,7 @@
 #include "engine/model/model_weights.h"
 
+#include <cstring>
+
 #include "absl/strings/str_cat.h"
 #include "engine/gguf/dequantize.h"
 
@@ -59,6 +61,26 @@ absl::StatusOr<kernels::WeightView> ModelWeights::Matrix(const gguf::GgufFile& f
   return w;
 }
 
+kernels::WeightView ModelWeights::Stack(const std::vector<const kernels::WeightView*>& parts) {
+  const kernels::WeightView& first = *parts.front();
+  int64_t rows = 0;
+  for (const kernels::WeightView* p : parts) {
+    if (p->type != first.type || p->n_in != first.n_in || p->row_bytes != first.row_bytes) return {};
+    rows += p->n_out;
+  }
+  auto buf = std::make_unique<std::vector<uint8_t>>(static_cast<size_t>(rows) * first.row_bytes);
+  uint8_t* dst = buf->data();
+  for (const kernels::WeightView* p : parts) {
+    std::memcpy(dst, p->data, static_cast<size_t>(p->n_out) * p->row_bytes);
+    dst += static_cast<size_t>(p->n_out) * p->row_bytes;
+  }
+  kernels::WeightView w = first;
+  w.n_out = rows;
+  w.data = buf->data();
+  stacked_.push_back(std::move(buf));
+  return w;
+}
+
 absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(const gguf::GgufFile& file,
                                                                  const ModelConfig& c) {
   std::unique_ptr<ModelWeights> w(new ModelWeights());
@@ -113,6 +135,9 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(const gguf::Ggu
           vec("attn_v.bias", c.kv_dim(), &L.bv, true)}) {
       if (!s.ok()) return s;
     }
+    // Biases are added per part after the matmul, so stacking is unaffected.
+    L.wqkv = w->Stack({&L.wq, &L.wk, &L.wv});
+    L.w_gate_up = w->Stack({&L.w_gate, &L.w_up});
   }
   return w;
 }

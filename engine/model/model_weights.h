@@ -30,6 +30,12 @@ struct LayerWeights {
   kernels::WeightView w_gate;    // [n_ff rows, n_embd]
   kernels::WeightView w_up;      // [n_ff rows, n_embd]
   kernels::WeightView w_down;    // [n_embd rows, n_ff]
+  // The same rows stacked, when the parts share an encoding: one matmul
+  // quantises the shared input once and dispatches the pool once. Each output
+  // row is the same dot product as in the separate matrices, so results are
+  // identical. data == nullptr when the parts could not be fused.
+  kernels::WeightView wqkv;      // [q_dim + 2 kv_dim rows, n_embd]: wq, wk, wv
+  kernels::WeightView w_gate_up;  // [2 n_ff rows, n_embd]: w_gate, w_up
 };
 
 class ModelWeights {
@@ -57,8 +63,14 @@ class ModelWeights {
   std::vector<float> output_norm_;
   kernels::WeightView output_;
   std::vector<float> rope_freq_factors_;
+  // Stacks `parts` (same n_in, type and row size) into one owned matrix;
+  // an empty view when they differ.
+  kernels::WeightView Stack(const std::vector<const kernels::WeightView*>& parts);
+
   // Dequantised copies of matrices the kernel cannot read as stored.
   std::vector<std::unique_ptr<std::vector<float>>> converted_;
+  // Stacked copies of matrices that share an input.
+  std::vector<std::unique_ptr<std::vector<uint8_t>>> stacked_;
 };
 
 }  // namespace kvserve::model
