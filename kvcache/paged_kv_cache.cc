@@ -74,7 +74,46 @@ int PagedKvCache::NumBlocks(int seq) const {
 }
 
 size_t PagedKvCache::SequenceBytes(int seq) const {
-  return static_cast<size_t>(NumBlocks(seq)) * pool_->bytes_per_block();
+  auto it = seqs_.find(seq);
+  if (it == seqs_.end()) return 0;
+  size_t bytes = 0;
+  for (int32_t id : it->second.blocks) {
+    for (int l = 0; l < shape().n_layers; ++l) bytes += pool_->unit_bytes(pool_->tier(id, l));
+  }
+  return bytes;
+}
+
+KvTier PagedKvCache::Tier(int seq, int layer, int block) const {
+  auto it = seqs_.find(seq);
+  KV_CHECK_MSG(it != seqs_.end(), "unknown sequence");
+  KV_CHECK(block >= 0 && block < static_cast<int>(it->second.blocks.size()));
+  return pool_->tier(it->second.blocks[block], layer);
+}
+
+void PagedKvCache::Tiers(int seq, int layer, std::vector<KvTier>* out) const {
+  out->clear();
+  auto it = seqs_.find(seq);
+  if (it == seqs_.end()) return;
+  out->reserve(it->second.blocks.size());
+  for (int32_t id : it->second.blocks) out->push_back(pool_->tier(id, layer));
+}
+
+bool PagedKvCache::IsPrivate(int seq, int block) const {
+  auto it = seqs_.find(seq);
+  KV_CHECK_MSG(it != seqs_.end(), "unknown sequence");
+  KV_CHECK(block >= 0 && block < static_cast<int>(it->second.blocks.size()));
+  return pool_->ref_count(it->second.blocks[block]) == 1;
+}
+
+bool PagedKvCache::Compress(int seq, int layer, int block, KvTier to) {
+  auto it = seqs_.find(seq);
+  KV_CHECK_MSG(it != seqs_.end(), "compress of an unknown sequence");
+  const Sequence& s = it->second;
+  KV_CHECK(block >= 0 && block < static_cast<int>(s.blocks.size()));
+  const int bt = block_tokens();
+  const int n_valid = std::min(bt, s.length - block * bt);
+  KV_CHECK_MSG(n_valid >= 1, "compress of a block holding no written position");
+  return pool_->Compress(s.blocks[block], layer, to, n_valid);
 }
 
 bool PagedKvCache::Reserve(int seq, int new_len) {
@@ -167,8 +206,21 @@ void PagedKvCache::Read(int seq, int layer, int end, std::vector<KvSpan>* spans)
   const int bt = block_tokens();
   for (int b = 0, p = 0; p < end; ++b, p += bt) {
     const int32_t id = s.blocks[b];
-    spans->push_back(
-        KvSpan{p, std::min(bt, end - p), pool_->k(id, layer), bt, pool_->v(id, layer)});
+    const KvTier tier = pool_->tier(id, layer);
+    KvSpan span;
+    span.pos0 = p;
+    span.n = std::min(bt, end - p);
+    span.k_stride = bt;
+    span.tier = tier;
+    span.block = b;
+    if (tier == KvTier::kEvicted) continue;
+    if (tier == KvTier::kF16) {
+      span.k = pool_->k(id, layer);
+      span.v = pool_->v(id, layer);
+    } else {
+      span.packed = pool_->unit_data(id, layer);
+    }
+    spans->push_back(span);
   }
 }
 
@@ -176,7 +228,7 @@ absl::Status PagedKvCache::CheckInvariants() const {
   // The pool checks that free + used == total: its free list holds exactly
   // the blocks with count 0, each once.
   if (absl::Status st = pool_->CheckInvariants(); !st.ok()) return st;
-  const int n_blocks = pool_->n_blocks();
+  const int n_blocks = pool_->id_limit();
   std::vector<int32_t> refs(n_blocks, 0);
   for (const auto& [seq, s] : seqs_) {
     const int capacity = static_cast<int>(s.blocks.size()) * block_tokens();
@@ -209,7 +261,8 @@ absl::Status PagedKvCache::CheckInvariants() const {
 
 std::string PagedKvCache::DebugString() const {
   std::string out =
-      absl::StrCat("PagedKvCache: ", pool_->n_used(), "/", pool_->n_blocks(), " blocks used, ",
+      absl::StrCat("PagedKvCache: ", pool_->n_used(), " blocks used, ", pool_->n_free(), "/",
+                   pool_->n_blocks(), " f16 blocks free, ", pool_->used_bytes(), " bytes used, ",
                    block_tokens(), " tokens/block, ", seqs_.size(), " sequences\n");
   const std::map<int, const Sequence*> ordered = [&] {
     std::map<int, const Sequence*> m;
@@ -223,6 +276,16 @@ std::string PagedKvCache::DebugString() const {
       absl::StrAppend(&out, i ? " " : "", id);
       // Shared blocks carry their reference count.
       if (pool_->ref_count(id) > 1) absl::StrAppend(&out, "x", pool_->ref_count(id));
+      // Compressed blocks list each layer's tier by its bits (e: evicted).
+      std::string tiers;
+      bool compressed = false;
+      for (int l = 0; l < shape().n_layers; ++l) {
+        const KvTier t = pool_->tier(id, l);
+        compressed |= t != KvTier::kF16;
+        tiers += t == KvTier::kEvicted ? "e" : std::to_string(KvTierBits(t));
+        if (l + 1 < shape().n_layers) tiers += ",";
+      }
+      if (compressed) absl::StrAppend(&out, "{", tiers, "}");
     }
     absl::StrAppend(&out, "]\n");
   }

@@ -27,6 +27,12 @@
 //    block then and there. The caller checks BlocksNeededForWrite(seq, pos,
 //    n) <= pool().n_free() first; a Write that finds no free block for its
 //    copy is a bug and aborts.
+// Compression contract: Compress(seq, layer, block, tier) moves one layer of
+// one private block to a lower tier (kv_tier.h), freeing bytes in the pool;
+// an evicted block's positions are left out of Read's spans while the
+// sequence's length and every other position stay where they are. Blocks
+// still to be written (the last, partial one; a shared one to be copied)
+// must stay f16: copying or writing a compressed block aborts.
 // Queries never change anything; misuse (unknown sequence in Write/Read/Fork,
 // positions beyond capacity or length) aborts via KV_CHECK.
 //
@@ -79,8 +85,19 @@ class PagedKvCache : public KvStore {
   int Length(int seq) const;
   int Capacity(int seq) const { return NumBlocks(seq) * block_tokens(); }
   int NumBlocks(int seq) const;
-  // Bytes of the blocks in seq's table, counting shared blocks in full.
+  // Bytes of the units of the blocks in seq's table as stored now, counting
+  // shared blocks in full.
   size_t SequenceBytes(int seq) const;
+  // Bytes the same blocks would take uncompressed (all f16).
+  size_t SequenceUncompressedBytes(int seq) const {
+    return static_cast<size_t>(NumBlocks(seq)) * pool_->bytes_per_block();
+  }
+  // Tier of layer `layer` of seq's block `block` (< NumBlocks(seq)).
+  KvTier Tier(int seq, int layer, int block) const;
+  // Tiers of every block of seq in `layer`, in block order, into *out.
+  void Tiers(int seq, int layer, std::vector<KvTier>* out) const;
+  // Whether seq's block `block` is held by seq alone (only those compress).
+  bool IsPrivate(int seq, int block) const;
   int num_sequences() const { return static_cast<int>(seqs_.size()); }
   int block_tokens() const { return pool_->block_tokens(); }
   const BlockPool& pool() const { return *pool_; }
@@ -93,6 +110,10 @@ class PagedKvCache : public KvStore {
   bool Reserve(int seq, int new_len);
   // Releases seq's blocks and forgets it; a no-op for unknown ids.
   void Free(int seq);
+  // Moves layer `layer` of seq's private block `block` down to tier `to`
+  // (> its current tier). Returns false, changing nothing, when the pool
+  // has no room for the smaller unit (only possible when it is full).
+  bool Compress(int seq, int layer, int block, KvTier to);
   // Creates dst sharing the blocks that hold src's positions [0, Length(src)),
   // with Length(dst) = Length(src). src must exist, dst must not.
   void Fork(int src, int dst);
@@ -112,7 +133,8 @@ class PagedKvCache : public KvStore {
   // block is named, no table names a block twice, every length lies within
   // its capacity, and the pool's own free list is consistent.
   absl::Status CheckInvariants() const;
-  // Pool usage and every sequence's table, sequences in id order.
+  // Pool usage and every sequence's table (with tiers of compressed
+  // blocks), sequences in id order.
   std::string DebugString() const;
 
  private:

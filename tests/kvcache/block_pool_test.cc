@@ -3,6 +3,7 @@
 #include <set>
 #include <utility>
 
+#include "common/fp16.h"
 #include "gtest/gtest.h"
 
 namespace kvserve::kvcache {
@@ -93,6 +94,8 @@ TEST(BlockPoolTest, StorageIsZeroedDisjointAndCopyable) {
   auto pool = MakePool(3, 32);
   const int w = kShape.row_width(), bt = pool->block_tokens();
   const size_t half = static_cast<size_t>(w) * bt;
+  const int32_t a = *pool->Allocate(), b = *pool->Allocate(), c = *pool->Allocate();
+  EXPECT_EQ(c, 2);
   // Every K and V region of every block and layer is zero and its own: no
   // two regions overlap.
   std::set<const uint16_t*> starts;
@@ -109,7 +112,6 @@ TEST(BlockPoolTest, StorageIsZeroedDisjointAndCopyable) {
     EXPECT_GE(*std::next(it) - *it, static_cast<ptrdiff_t>(half));
   }
 
-  const int32_t a = *pool->Allocate(), b = *pool->Allocate();
   for (int l = 0; l < kShape.n_layers; ++l) {
     for (size_t i = 0; i < half; ++i) {
       pool->k(a, l)[i] = static_cast<uint16_t>(1 + i + 1000 * l);
@@ -127,6 +129,63 @@ TEST(BlockPoolTest, StorageIsZeroedDisjointAndCopyable) {
   for (size_t i = 0; i < half; ++i) ASSERT_EQ(pool->k(2, 1)[i], 0);
 }
 
+TEST(BlockPoolTest, CompressionGivesBytesBackToThePool) {
+  // head_dim 32 so that every tier has its own size.
+  const KvShape shape{2, 2, 32};
+  const size_t block = BlockPool::BytesPerBlock(shape, 16);
+  auto made = BlockPool::Create(shape, 2 * block);
+  ASSERT_TRUE(made.ok()) << made.status();
+  BlockPool& pool = **made;
+  const int32_t a = *pool.Allocate(), b = *pool.Allocate();
+  EXPECT_EQ(pool.n_free(), 0);
+  EXPECT_EQ(pool.Allocate(), std::nullopt);
+  for (size_t i = 0; i < pool.unit_bytes(KvTier::kF16) / 2; ++i) {
+    pool.k(a, 0)[i] = Fp32ToFp16(static_cast<float>(i % 7));
+  }
+  // Evicting both layers of `a` frees a whole f16 block's worth of units.
+  ASSERT_TRUE(pool.Compress(a, 0, KvTier::kEvicted, 16));
+  EXPECT_EQ(pool.n_free(), 0);  // one f16 unit is not a block
+  ASSERT_TRUE(pool.Compress(a, 1, KvTier::kEvicted, 16));
+  EXPECT_EQ(pool.n_free(), 1);
+  EXPECT_EQ(pool.used_bytes(), block);
+  EXPECT_EQ(pool.units(KvTier::kEvicted), 2);
+  const int32_t c = *pool.Allocate();  // admitted thanks to the eviction
+  EXPECT_TRUE(pool.CheckInvariants().ok()) << pool.CheckInvariants();
+  // The pool is full again: quantizing needs a slab for int8 units, and
+  // freeing one f16 unit leaves its slab half used, so it is refused and
+  // nothing changes.
+  EXPECT_FALSE(pool.Compress(b, 0, KvTier::kInt8, 16));
+  EXPECT_EQ(pool.tier(b, 0), KvTier::kF16);
+  EXPECT_TRUE(pool.CheckInvariants().ok()) << pool.CheckInvariants();
+  pool.Release(c);
+  // Now there is room: int8 then further down, bytes shrinking each time.
+  size_t used = pool.used_bytes();
+  for (KvTier t : {KvTier::kInt8, KvTier::kInt4, KvTier::kInt2, KvTier::kEvicted}) {
+    ASSERT_TRUE(pool.Compress(b, 0, t, 16)) << KvTierName(t);
+    EXPECT_EQ(pool.tier(b, 0), t);
+    EXPECT_LT(pool.used_bytes(), used);
+    used = pool.used_bytes();
+    EXPECT_TRUE(pool.CheckInvariants().ok()) << pool.CheckInvariants();
+  }
+  pool.Release(a);
+  pool.Release(b);
+  EXPECT_EQ(pool.used_bytes(), 0u);
+  EXPECT_EQ(pool.n_free(), 2);
+  for (int t = 0; t < kNumKvTiers; ++t) EXPECT_EQ(pool.units(TierFromIndex(t)), 0);
+  EXPECT_TRUE(pool.CheckInvariants().ok());
+}
+
+TEST(BlockPoolDeathTest, CompressionMisuseAborts) {
+  const KvShape shape{1, 1, 16};
+  auto pool = *BlockPool::Create(shape, 4 * BlockPool::BytesPerBlock(shape, 16));
+  const int32_t id = *pool->Allocate();
+  ASSERT_TRUE(pool->Compress(id, 0, KvTier::kInt4, 16));
+  EXPECT_DEATH(pool->Compress(id, 0, KvTier::kInt8, 16), "only move down");
+  EXPECT_DEATH(pool->k(id, 0), "compressed unit");
+  pool->Retain(id);
+  EXPECT_DEATH(pool->Compress(id, 0, KvTier::kInt2, 16), "private");
+}
+
 TEST(BlockPoolDeathTest, DoubleReleaseIsABug) {
   auto pool = MakePool(2);
   const int32_t id = *pool->Allocate();
@@ -139,6 +198,7 @@ TEST(BlockPoolDeathTest, BadIdsAreBugs) {
   EXPECT_DEATH(pool->Release(2), "out of range");
   EXPECT_DEATH(pool->Release(-1), "out of range");
   EXPECT_DEATH(pool->Retain(5), "out of range");
+  pool->Release(*pool->Allocate());
   EXPECT_DEATH(pool->Retain(0), "retain of a free block");
   EXPECT_DEATH(pool->k(2, 0), "out of range");
 }

@@ -317,7 +317,7 @@ TEST(PagedKvCacheTest, DebugStringShowsTablesAndSharing) {
   kv->Write(5, 0, 0, 20, x.data(), x.data());
   kv->Fork(5, 2);
   EXPECT_EQ(kv->DebugString(),
-            "PagedKvCache: 2/4 blocks used, 16 tokens/block, 2 sequences\n"
+            "PagedKvCache: 2 blocks used, 2/4 f16 blocks free, 512 bytes used, 16 tokens/block, 2 sequences\n"
             "  seq 2: length 20, blocks [0x2 1x2]\n"
             "  seq 5: length 20, blocks [0x2 1x2]\n");
 }
