@@ -7,6 +7,7 @@
 #include "common/check.h"
 #include "common/fp16.h"
 #include "engine/model/simd_exp.h"
+#include "kvcache/kv_quant.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -99,10 +100,17 @@ KVSERVE_AVX2 void ScoreAvx2(const float* q, int nq, int d, const uint16_t* k, in
   int qi = 0;
   for (; qi + 4 <= nq; qi += 4) ScoreGroupAvx2<4>(q + qi * d, d, k, k_stride, scores + qi * ld, ld);
   switch (nq - qi) {
-    case 3: ScoreGroupAvx2<3>(q + qi * d, d, k, k_stride, scores + qi * ld, ld); break;
-    case 2: ScoreGroupAvx2<2>(q + qi * d, d, k, k_stride, scores + qi * ld, ld); break;
-    case 1: ScoreGroupAvx2<1>(q + qi * d, d, k, k_stride, scores + qi * ld, ld); break;
-    default: break;
+    case 3:
+      ScoreGroupAvx2<3>(q + qi * d, d, k, k_stride, scores + qi * ld, ld);
+      break;
+    case 2:
+      ScoreGroupAvx2<2>(q + qi * d, d, k, k_stride, scores + qi * ld, ld);
+      break;
+    case 1:
+      ScoreGroupAvx2<1>(q + qi * d, d, k, k_stride, scores + qi * ld, ld);
+      break;
+    default:
+      break;
   }
 }
 
@@ -139,10 +147,17 @@ KVSERVE_AVX2 void WeightedSumAvx2(const float* w, int ld, int nq, const uint16_t
     WeightedSumGroupAvx2<4>(w + qi * ld, ld, v, v_stride, m, d, out + qi * d);
   }
   switch (nq - qi) {
-    case 3: WeightedSumGroupAvx2<3>(w + qi * ld, ld, v, v_stride, m, d, out + qi * d); break;
-    case 2: WeightedSumGroupAvx2<2>(w + qi * ld, ld, v, v_stride, m, d, out + qi * d); break;
-    case 1: WeightedSumGroupAvx2<1>(w + qi * ld, ld, v, v_stride, m, d, out + qi * d); break;
-    default: break;
+    case 3:
+      WeightedSumGroupAvx2<3>(w + qi * ld, ld, v, v_stride, m, d, out + qi * d);
+      break;
+    case 2:
+      WeightedSumGroupAvx2<2>(w + qi * ld, ld, v, v_stride, m, d, out + qi * d);
+      break;
+    case 1:
+      WeightedSumGroupAvx2<1>(w + qi * ld, ld, v, v_stride, m, d, out + qi * d);
+      break;
+    default:
+      break;
   }
 }
 
@@ -180,7 +195,8 @@ KVSERVE_AVX2 void SoftmaxAvx2(float* s, int len) {
   }
   const float inv = static_cast<float>(1.0 / sum);
   const __m256 vinv = _mm256_set1_ps(inv);
-  for (t = 0; t + 8 <= len; t += 8) _mm256_storeu_ps(s + t, _mm256_mul_ps(_mm256_loadu_ps(s + t), vinv));
+  for (t = 0; t + 8 <= len; t += 8)
+    _mm256_storeu_ps(s + t, _mm256_mul_ps(_mm256_loadu_ps(s + t), vinv));
   for (; t < len; ++t) s[t] *= inv;
 }
 
@@ -211,19 +227,30 @@ KVSERVE_AVX512 void ScoreAvx512(const float* q, int nq, int d, const uint16_t* k
     ScoreGroupAvx512<6>(q + qi * d, d, k, k_stride, scores + qi * ld, ld);
   }
   switch (nq - qi) {
-    case 5: ScoreGroupAvx512<5>(q + qi * d, d, k, k_stride, scores + qi * ld, ld); break;
-    case 4: ScoreGroupAvx512<4>(q + qi * d, d, k, k_stride, scores + qi * ld, ld); break;
-    case 3: ScoreGroupAvx512<3>(q + qi * d, d, k, k_stride, scores + qi * ld, ld); break;
-    case 2: ScoreGroupAvx512<2>(q + qi * d, d, k, k_stride, scores + qi * ld, ld); break;
-    case 1: ScoreGroupAvx512<1>(q + qi * d, d, k, k_stride, scores + qi * ld, ld); break;
-    default: break;
+    case 5:
+      ScoreGroupAvx512<5>(q + qi * d, d, k, k_stride, scores + qi * ld, ld);
+      break;
+    case 4:
+      ScoreGroupAvx512<4>(q + qi * d, d, k, k_stride, scores + qi * ld, ld);
+      break;
+    case 3:
+      ScoreGroupAvx512<3>(q + qi * d, d, k, k_stride, scores + qi * ld, ld);
+      break;
+    case 2:
+      ScoreGroupAvx512<2>(q + qi * d, d, k, k_stride, scores + qi * ld, ld);
+      break;
+    case 1:
+      ScoreGroupAvx512<1>(q + qi * d, d, k, k_stride, scores + qi * ld, ld);
+      break;
+    default:
+      break;
   }
 }
 
 // G queries (1..4) x up to 64 channels (4 registers each) per pass.
 template <int G>
-KVSERVE_AVX512 void WeightedSumGroupAvx512(const float* w, int ld, const uint16_t* v,
-                                           int v_stride, int m, int d, float* out) {
+KVSERVE_AVX512 void WeightedSumGroupAvx512(const float* w, int ld, const uint16_t* v, int v_stride,
+                                           int m, int d, float* out) {
   for (int c0 = 0; c0 < d; c0 += 64) {
     const int nv = std::min(64, d - c0) / 16;
     __m512 acc[G][4];
@@ -251,10 +278,17 @@ KVSERVE_AVX512 void WeightedSumAvx512(const float* w, int ld, int nq, const uint
     WeightedSumGroupAvx512<4>(w + qi * ld, ld, v, v_stride, m, d, out + qi * d);
   }
   switch (nq - qi) {
-    case 3: WeightedSumGroupAvx512<3>(w + qi * ld, ld, v, v_stride, m, d, out + qi * d); break;
-    case 2: WeightedSumGroupAvx512<2>(w + qi * ld, ld, v, v_stride, m, d, out + qi * d); break;
-    case 1: WeightedSumGroupAvx512<1>(w + qi * ld, ld, v, v_stride, m, d, out + qi * d); break;
-    default: break;
+    case 3:
+      WeightedSumGroupAvx512<3>(w + qi * ld, ld, v, v_stride, m, d, out + qi * d);
+      break;
+    case 2:
+      WeightedSumGroupAvx512<2>(w + qi * ld, ld, v, v_stride, m, d, out + qi * d);
+      break;
+    case 1:
+      WeightedSumGroupAvx512<1>(w + qi * ld, ld, v, v_stride, m, d, out + qi * d);
+      break;
+    default:
+      break;
   }
 }
 #endif  // __x86_64__
@@ -294,8 +328,12 @@ Attention::Attention(const ModelConfig& c)
 
 void Attention::Compute(const kvcache::KvStore& kv, int layer, const float* q,
                         const int32_t* seq_ids, const int32_t* positions, int n, float* out,
-                        ThreadPool* pool) {
-  if (static_cast<int>(scratch_.size()) < pool->size()) scratch_.resize(pool->size());
+                        ThreadPool* pool, const uint8_t* observe,
+                        kvcache::AttentionMassSink* sink) {
+  if (static_cast<int>(scratch_.size()) < pool->size()) {
+    scratch_.resize(pool->size());
+    dequant_.resize(pool->size());
+  }
   // Tiles: runs of up to kTileRows consecutive rows of one sequence.
   struct Tile {
     int first, rows, n_ctx;
@@ -314,10 +352,25 @@ void Attention::Compute(const kvcache::KvStore& kv, int layer, const float* q,
   const int d = head_dim_, G = group_, w = kv.shape().row_width();
   const int64_t stride = static_cast<int64_t>(n_head_) * d;
   const int64_t items = static_cast<int64_t>(tiles.size()) * n_kv_head_;
+  const bool report = sink != nullptr && observe != nullptr;
+  if (report) {
+    masses_.resize(items);
+    for (auto& m : masses_) m.clear();
+  }
   const Isa& isa = PickIsa(d);
+  // One KV head's view of a span: f16 pointers already offset to the head.
+  struct HeadSpan {
+    int32_t pos0, n, block;
+    const uint16_t* k;
+    int32_t k_stride;
+    const uint16_t* v;
+    int32_t v_stride;
+  };
   pool->Run([&](int t, int nt) {
     std::vector<float>& buf = scratch_[t];
+    std::vector<uint16_t>& deq = dequant_[t];
     std::vector<kvcache::KvSpan> spans;
+    std::vector<HeadSpan> hspans;
     // Interleaved split: tiles of very different lengths (a long prefill
     // next to short decodes) spread evenly over the threads.
     for (int64_t it = t; it < items; it += nt) {
@@ -341,11 +394,40 @@ void Attention::Compute(const kvcache::KvStore& kv, int layer, const float* q,
       }
       spans.clear();
       kv.Read(seq_ids[tile.first], layer, tile.n_ctx, &spans);
-      // Scores for every query over every position the tile can see.
+      // Quantized spans are dequantized (this head only) into `deq` once
+      // per tile, then read like f16 ones.
+      size_t deq_need = 0;
       for (const auto& sp : spans) {
-        const uint16_t* kh = sp.k + static_cast<int64_t>(g) * d * sp.k_stride;
+        if (sp.packed != nullptr) deq_need += 2 * static_cast<size_t>(d) * sp.k_stride;
+      }
+      if (deq.size() < deq_need) deq.resize(deq_need);
+      hspans.clear();
+      size_t deq_off = 0;
+      int covered = 0;  // positions [0, covered) are accounted for
+      for (const auto& sp : spans) {
+        // Evicted positions before this span: weight 0 after the softmax.
+        for (int qi = 0; qi < nq && covered < sp.pos0; ++qi) {
+          std::fill(scores + static_cast<size_t>(qi) * ld + covered,
+                    scores + static_cast<size_t>(qi) * ld + sp.pos0, -1e30f);
+        }
+        covered = sp.pos0 + sp.n;
+        if (sp.packed == nullptr) {
+          hspans.push_back({sp.pos0, sp.n, sp.block,
+                            sp.k + static_cast<int64_t>(g) * d * sp.k_stride, sp.k_stride,
+                            sp.v + static_cast<int64_t>(g) * d, w});
+        } else {
+          uint16_t* kd = deq.data() + deq_off;
+          uint16_t* vd = kd + static_cast<size_t>(d) * sp.k_stride;
+          deq_off += 2 * static_cast<size_t>(d) * sp.k_stride;
+          kvcache::DequantizeKvHead(kv.shape(), sp.k_stride, sp.tier, sp.packed, g, kd, vd);
+          hspans.push_back({sp.pos0, sp.n, sp.block, kd, sp.k_stride, vd, d});
+        }
+      }
+      KV_CHECK_MSG(covered >= tile.n_ctx, "attention over a query position that is not cached");
+      // Scores for every query over every position the tile can see.
+      for (const HeadSpan& sp : hspans) {
         for (int j0 = 0; j0 < sp.n; j0 += kLanes) {
-          isa.score(qs, nq, d, kh + j0, sp.k_stride, scores + sp.pos0 + j0, ld);
+          isa.score(qs, nq, d, sp.k + j0, sp.k_stride, scores + sp.pos0 + j0, ld);
         }
       }
       // Softmax over each query's own causal range; positions after it
@@ -357,14 +439,33 @@ void Attention::Compute(const kvcache::KvStore& kv, int layer, const float* q,
         isa.softmax(s, len);
         std::fill(s + len, s + ld, 0.0f);
       }
+      if (report) {
+        // Mass per block from the observed rows. Weights past a row's own
+        // position are 0, so summing whole spans is exact.
+        std::vector<BlockMass>& out_mass = masses_[it];
+        for (const HeadSpan& sp : hspans) {
+          if (sp.block < 0) continue;
+          double mass = 0, seen = 0;
+          for (int r = 0; r < tile.rows; ++r) {
+            if (!observe[tile.first + r] || pos[r] < sp.pos0) continue;
+            for (int h = 0; h < G; ++h) {
+              const float* s = scores + static_cast<size_t>(r * G + h) * ld + sp.pos0;
+              float acc = 0;
+              for (int j = 0; j < sp.n; ++j) acc += s[j];
+              mass += acc;
+              seen += 1;
+            }
+          }
+          if (seen > 0) out_mass.push_back({sp.block, mass, seen});
+        }
+      }
       std::memset(os, 0, sizeof(float) * nq * d);
-      for (const auto& sp : spans) {
-        const uint16_t* vh = sp.v + static_cast<int64_t>(g) * d;
+      for (const HeadSpan& sp : hspans) {
         for (int j0 = 0; j0 < sp.n; j0 += kLanes) {
           const int m = std::min(kLanes, std::min(sp.n - j0, tile.n_ctx - (sp.pos0 + j0)));
           if (m <= 0) break;
-          isa.weighted_sum(scores + sp.pos0 + j0, ld, nq, vh + static_cast<int64_t>(j0) * w, w, m,
-                           d, os);
+          isa.weighted_sum(scores + sp.pos0 + j0, ld, nq,
+                           sp.v + static_cast<int64_t>(j0) * sp.v_stride, sp.v_stride, m, d, os);
         }
       }
       for (int r = 0; r < tile.rows; ++r) {
@@ -375,6 +476,13 @@ void Attention::Compute(const kvcache::KvStore& kv, int layer, const float* q,
       }
     }
   });
+  if (report) {
+    for (int64_t it = 0; it < items; ++it) {
+      const int seq = seq_ids[tiles[it / n_kv_head_].first];
+      for (const BlockMass& m : masses_[it])
+        sink->OnBlockMass(seq, layer, m.block, m.mass, m.n_queries);
+    }
+  }
 }
 
 }  // namespace kvserve::model

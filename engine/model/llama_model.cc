@@ -11,7 +11,7 @@
 namespace kvserve::model {
 
 absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& path,
-                                                            int n_threads) {
+                                                             int n_threads) {
   std::unique_ptr<LlamaModel> m(new LlamaModel());
   auto file = gguf::GgufFile::Open(path);
   if (!file.ok()) return file.status();
@@ -26,7 +26,8 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& 
   auto weights = ModelWeights::Load(*m->file_, m->config_);
   if (!weights.ok()) return weights.status();
   m->weights_ = std::move(*weights);
-  if (n_threads <= 0) n_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (n_threads <= 0)
+    n_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   m->pool_ = std::make_unique<ThreadPool>(n_threads);
   m->rope_ = std::make_unique<Rope>(m->config_, m->weights_->rope_freq_factors());
   m->attention_ = std::make_unique<Attention>(m->config_);
@@ -49,13 +50,14 @@ absl::Status LlamaModel::Forward(const Batch& b, kvcache::KvStore* kv, std::vect
   const ModelConfig& c = config_;
   const int n = b.size();
   if (b.positions.size() != b.tokens.size() || b.seq_ids.size() != b.tokens.size() ||
-      b.logits.size() != b.tokens.size()) {
+      b.logits.size() != b.tokens.size() ||
+      (!b.observe.empty() && b.observe.size() != b.tokens.size())) {
     return absl::InvalidArgumentError("batch vectors have different lengths");
   }
   for (int i = 0; i < n; ++i) {
     if (b.tokens[i] < 0 || b.tokens[i] >= c.n_vocab) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("token id ", b.tokens[i], " is outside the vocabulary [0, ", c.n_vocab, ")"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "token id ", b.tokens[i], " is outside the vocabulary [0, ", c.n_vocab, ")"));
     }
     if (b.positions[i] < 0) {
       return absl::InvalidArgumentError(absl::StrCat("negative position ", b.positions[i]));
@@ -63,6 +65,7 @@ absl::Status LlamaModel::Forward(const Batch& b, kvcache::KvStore* kv, std::vect
   }
   logits->clear();
   if (n == 0) return absl::OkStatus();
+  const uint8_t* observe = b.observe.empty() ? nullptr : b.observe.data();
 
   const int E = c.n_embd, Q = c.q_dim(), KV = c.kv_dim(), F = c.n_ff;
   x_.resize(static_cast<size_t>(n) * E);
@@ -115,7 +118,7 @@ absl::Status LlamaModel::Forward(const Batch& b, kvcache::KvStore* kv, std::vect
       i = j;
     }
     attention_->Compute(*kv, l, q_.data(), b.seq_ids.data(), b.positions.data(), n, att_.data(),
-                        pool_.get());
+                        pool_.get(), observe, b.mass_sink);
     MatMul(L.wo, att_.data(), n, h_.data());
     RowPass(n, [&](int i) {
       AddInPlace(&x_[i * E], &h_[i * E], E);
