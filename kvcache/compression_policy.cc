@@ -1,6 +1,7 @@
 #include "kvcache/compression_policy.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -259,6 +260,12 @@ class GuidedSolver {
       tier_[b] = kEvictedIndex;
       movable_.push_back(b);
     }
+    if (options.score_floor > 0 && !movable_.empty()) {
+      double mean = 0;
+      for (int b : movable_) mean += score_[b];
+      mean /= static_cast<double>(movable_.size());
+      for (int b : movable_) score_[b] += options.score_floor * mean;
+    }
   }
 
   void Greedy(bool by_score);
@@ -449,6 +456,10 @@ absl::Status ValidatePolicyOptions(const PolicyOptions& o) {
   if (o.recent_tokens < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("recent_tokens must be >= 0, got ", o.recent_tokens));
+  }
+  if (!(o.score_floor >= 0.f && std::isfinite(o.score_floor))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("score_floor must be a finite number >= 0, got ", o.score_floor));
   }
   if (!(o.alpha >= 0.f && o.alpha <= 1.f)) {
     return absl::InvalidArgumentError(absl::StrCat("alpha must be in [0, 1], got ", o.alpha));

@@ -70,6 +70,11 @@ struct PolicyOptions {
   // Each in [0, 1], non-decreasing, distortion[kF16] = 0 and
   // distortion[kEvicted] = 1.
   std::array<float, kNumKvTiers> distortion = {0.f, 0.01f, 0.08f, 0.35f, 1.f};
+  // attention-guided: every movable block's score is raised by score_floor
+  // times the layer's mean score. Attention is query-dependent: a block
+  // that gets little attention from the queries seen so far still matters
+  // to later ones, so no block's value is ever taken as (near) zero. >= 0.
+  float score_floor = 0.f;
   // quant-uniform: the preferred tier, one of kInt8, kInt4, kInt2. When it
   // misses the budget the policy tries each lower quantized tier in turn,
   // ending at kInt2.
