@@ -68,6 +68,30 @@ Setter EngineIntField(int engine::EngineConfig::*field) {
   };
 }
 
+std::string FormatDouble(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
+}
+
+// A numeric setting somewhere inside the config, reached by `at`.
+template <typename T>
+Setter NumberAt(T* (*at)(ServerConfig*)) {
+  return [at](ServerConfig* c, std::string_view name, std::string_view v) -> absl::Status {
+    double d = 0;
+    if (!absl::SimpleAtod(std::string(v), &d) || !std::isfinite(d)) {
+      return Bad(name, absl::StrCat("expected a number, got '", std::string(v), "'"));
+    }
+    if constexpr (std::is_integral_v<T>) {
+      if (d != std::floor(d) || std::abs(d) > 1e9) {
+        return Bad(name, absl::StrCat("expected an integer, got '", std::string(v), "'"));
+      }
+    }
+    *at(c) = static_cast<T>(d);
+    return absl::OkStatus();
+  };
+}
+
 Setter StringField(std::string ServerConfig::*field) {
   return [field](ServerConfig* c, std::string_view, std::string_view v) -> absl::Status {
     c->*field = std::string(v);
@@ -131,6 +155,47 @@ const std::vector<OptionSpec>& Specs() {
                    c->engine.scheduler = std::string(v);
                    return absl::OkStatus();
                  }});
+    const kvcache::KvCompressorOptions& k = e.kv_compressor;
+    s.push_back({{"kv-policy", "NAME", e.kv_compression.policy,
+                  "default KV compression policy of requests that give none: none, streaming, "
+                  "h2o, snapkv, quant-uniform, attention-guided"},
+                 [](ServerConfig* c, std::string_view, std::string_view v) -> absl::Status {
+                   c->engine.kv_compression.policy = std::string(v);
+                   return absl::OkStatus();
+                 }});
+    s.push_back(
+        {{"kv-ratio", "R", FormatDouble(e.kv_compression.ratio),
+          "default target KV size as a fraction of the uncompressed size, in (0, 1]"},
+         NumberAt<double>([](ServerConfig* c) { return &c->engine.kv_compression.ratio; })});
+    s.push_back({{"kv-sink-blocks", "N", std::to_string(k.policy.sink_blocks),
+                  "first KV blocks of a sequence never compressed (attention sinks)"},
+                 NumberAt<int>(
+                     [](ServerConfig* c) { return &c->engine.kv_compressor.policy.sink_blocks; })});
+    s.push_back({{"kv-recent-tokens", "N", std::to_string(k.policy.recent_tokens),
+                  "most recent positions of a sequence never compressed"},
+                 NumberAt<int>([](ServerConfig* c) {
+                   return &c->engine.kv_compressor.policy.recent_tokens;
+                 })});
+    s.push_back(
+        {{"kv-alpha", "A", FormatDouble(k.policy.alpha),
+          "block score weight of attention history vs the latest step, in [0, 1]"},
+         NumberAt<float>([](ServerConfig* c) { return &c->engine.kv_compressor.policy.alpha; })});
+    s.push_back(
+        {{"kv-ema-decay", "D", FormatDouble(k.ema_decay),
+          "weight of the old value in the attention moving average, in [0, 1)"},
+         NumberAt<float>([](ServerConfig* c) { return &c->engine.kv_compressor.ema_decay; })});
+    s.push_back({{"kv-observation-window", "N", std::to_string(k.observation_window),
+                  "last rows of each prefill chunk whose attention scores the blocks"},
+                 NumberAt<int>(
+                     [](ServerConfig* c) { return &c->engine.kv_compressor.observation_window; })});
+    s.push_back({{"kv-beta", "B", FormatDouble(k.beta),
+                  "memory pressure: each round multiplies compressing sequences' target ratio by "
+                  "(1 - B) before anyone is preempted, in (0, 1)"},
+                 NumberAt<float>([](ServerConfig* c) { return &c->engine.kv_compressor.beta; })});
+    s.push_back(
+        {{"kv-min-ratio", "R", FormatDouble(k.min_ratio),
+          "lowest target ratio memory pressure may impose, in (0, 1]"},
+         NumberAt<double>([](ServerConfig* c) { return &c->engine.kv_compressor.min_ratio; })});
     s.push_back({{"debug-check-invariants", "BOOL", "false",
                   "verify the KV cache's block accounting after every engine step and abort on a "
                   "violation (for tests; costs time per step)"},

@@ -4,12 +4,14 @@
 
 #include <initializer_list>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "engine/model/llama_model.h"
 #include "engine/tokenizer/tokenizer.h"
+#include "kvcache/kv_compressor.h"
 #include "server/cli_args.h"
 
 namespace kvserve::server {
@@ -31,5 +33,17 @@ bool AllFlagsValid(const char* command, std::initializer_list<absl::Status> flag
 
 // Declares the flags every model-using command takes: --model, --threads.
 void AddModelFlags(CliArgs* cli);
+
+// --kv-policy, --kv-ratio and the compressor's knobs (--kv-sink-blocks,
+// --kv-recent-tokens, --kv-alpha, --kv-ema-decay, --kv-observation-window,
+// --kv-distortion), for commands that run a compressed cache directly.
+void AddKvCompressionFlags(CliArgs* cli);
+// The spec (nullopt when --kv-policy is empty) and options from those
+// flags; InvalidArgument naming the flag on a bad value.
+struct KvCompressionFlags {
+  std::optional<kvcache::KvCompressionSpec> spec;
+  kvcache::KvCompressorOptions options;
+};
+absl::StatusOr<KvCompressionFlags> ParseKvCompressionFlags(const CliArgs& cli);
 
 }  // namespace kvserve::server

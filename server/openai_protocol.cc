@@ -283,6 +283,25 @@ absl::Status ParseCommon(ObjectReader& r, const ProtocolLimits& limits,
     KV_RETURN_IF_ERROR(so.CheckNoUnknownKeys());
   }
   KV_RETURN_IF_ERROR(r.Bool("ignore_eos", &p->ignore_eos));
+  if (const json* v = r.Get("kv_compression"); v != nullptr) {
+    if (!v->is_object()) return TypeError(r.Param("kv_compression"), "an object", *v);
+    ObjectReader kv(*v, r.Param("kv_compression."));
+    KV_RETURN_IF_ERROR(kv.String("policy", &p->kv_policy));
+    if (p->kv_policy.has_value()) {
+      const auto names = kvcache::CompressionPolicyNames();
+      if (std::find(names.begin(), names.end(), *p->kv_policy) == names.end()) {
+        std::string list;
+        for (std::string_view n : names)
+          absl::StrAppend(&list, list.empty() ? "" : ", ", std::string(n));
+        return Invalid(kv.Param("policy"), absl::StrCat("unknown KV compression policy '",
+                                                        *p->kv_policy, "'; valid: ", list));
+      }
+    }
+    float ratio = 0;
+    KV_RETURN_IF_ERROR(kv.Number("ratio", 0, 1, /*lo_open=*/true, "in (0, 1]", &ratio));
+    if (kv.Get("ratio") != nullptr) p->kv_ratio = (*v)["ratio"].get<double>();
+    KV_RETURN_IF_ERROR(kv.CheckNoUnknownKeys());
+  }
   std::optional<std::string> user;  // accepted and ignored, as OpenAI does for abuse tracking
   KV_RETURN_IF_ERROR(r.String("user", &user));
   KV_RETURN_IF_ERROR(RejectUnsupported(r, "logit_bias", "token biases cannot be applied"));
@@ -532,6 +551,11 @@ engine::GenerationRequest ToGenerationRequest(const CommonParams& params, std::s
   g.n = params.n;
   g.logprobs = logprobs;
   g.prompt_logprobs = prompt_logprobs;
+  if (params.kv_policy || params.kv_ratio) {
+    // The missing half comes from the engine's default, filled in there.
+    g.kv_compression =
+        kvcache::KvCompressionSpec{params.kv_policy.value_or(""), params.kv_ratio.value_or(0.0)};
+  }
   return g;
 }
 
@@ -576,10 +600,19 @@ nlohmann::json FinishReasonJson(engine::FinishReason reason) {
   }
 }
 
-nlohmann::json UsageJson(int prompt_tokens, int completion_tokens) {
-  return {{"prompt_tokens", prompt_tokens},
-          {"completion_tokens", completion_tokens},
-          {"total_tokens", prompt_tokens + completion_tokens}};
+nlohmann::json UsageJson(int prompt_tokens, int completion_tokens, const KvUsage* kv) {
+  nlohmann::json u = {{"prompt_tokens", prompt_tokens},
+                      {"completion_tokens", completion_tokens},
+                      {"total_tokens", prompt_tokens + completion_tokens}};
+  if (kv != nullptr) {
+    u["kv_bytes"] = kv->bytes;
+    u["kv_bytes_uncompressed"] = kv->bytes_uncompressed;
+    u["kv_compression_ratio"] =
+        kv->bytes_uncompressed > 0
+            ? static_cast<double>(kv->bytes) / static_cast<double>(kv->bytes_uncompressed)
+            : 1.0;
+  }
+  return u;
 }
 
 nlohmann::json CompletionLogprobsJson(const std::vector<engine::TokenLogprob>& entries,
@@ -643,6 +676,8 @@ absl::Status ResponseCollector::Add(engine::StreamEvent e) {
   if (e.finish != engine::FinishReason::kNone) {
     c.finish = e.finish;
     c.completion_tokens = e.completion_tokens;
+    c.kv_bytes = e.kv_bytes;
+    c.kv_bytes_uncompressed = e.kv_bytes_uncompressed;
   }
   if (e.finish == engine::FinishReason::kError) {
     return e.error.ok() ? absl::InternalError("the engine failed the request") : e.error;
@@ -666,6 +701,15 @@ int ResponseCollector::completion_tokens() const {
   return sum;
 }
 
+KvUsage ResponseCollector::kv_usage() const {
+  KvUsage kv;
+  for (const ChoiceOutput& c : choices_) {
+    kv.bytes += c.kv_bytes;
+    kv.bytes_uncompressed += c.kv_bytes_uncompressed;
+  }
+  return kv;
+}
+
 namespace {
 
 // The echoed prompt as logprob entries: the first token unscored, then the
@@ -687,6 +731,7 @@ std::vector<engine::TokenLogprob> EchoEntries(const ResponseOptions& o,
 
 nlohmann::json CompletionResponseJson(const ResponseMeta& meta, const ResponseCollector& collected,
                                       const ResponseOptions& options, const TokenPieceFn& piece) {
+  const KvUsage kv_usage = collected.kv_usage();
   json choices = json::array();
   for (size_t i = 0; i < collected.choices().size(); ++i) {
     const ChoiceOutput& c = collected.choices()[i];
@@ -708,11 +753,12 @@ nlohmann::json CompletionResponseJson(const ResponseMeta& meta, const ResponseCo
           {"created", meta.created},
           {"model", meta.model},
           {"choices", std::move(choices)},
-          {"usage", UsageJson(options.prompt_tokens, collected.completion_tokens())}};
+          {"usage", UsageJson(options.prompt_tokens, collected.completion_tokens(), &kv_usage)}};
 }
 
 nlohmann::json ChatResponseJson(const ResponseMeta& meta, const ResponseCollector& collected,
                                 const ResponseOptions& options, const TokenPieceFn& piece) {
+  const KvUsage kv_usage = collected.kv_usage();
   json choices = json::array();
   for (size_t i = 0; i < collected.choices().size(); ++i) {
     const ChoiceOutput& c = collected.choices()[i];
@@ -727,7 +773,7 @@ nlohmann::json ChatResponseJson(const ResponseMeta& meta, const ResponseCollecto
           {"created", meta.created},
           {"model", meta.model},
           {"choices", std::move(choices)},
-          {"usage", UsageJson(options.prompt_tokens, collected.completion_tokens())}};
+          {"usage", UsageJson(options.prompt_tokens, collected.completion_tokens(), &kv_usage)}};
 }
 
 std::string SseEvent(const nlohmann::json& j) {
@@ -796,7 +842,11 @@ absl::StatusOr<std::string> StreamFormatter::OnEvent(const engine::StreamEvent& 
     }
   }
   const bool finished = e.finish != engine::FinishReason::kNone;
-  if (finished) completion_tokens_[i] = e.completion_tokens;
+  if (finished) {
+    completion_tokens_[i] = e.completion_tokens;
+    kv_usage_.bytes += e.kv_bytes;
+    kv_usage_.bytes_uncompressed += e.kv_bytes_uncompressed;
+  }
   const bool has_logprobs = options_.logprobs && !e.logprobs.empty();
   if (e.text.empty() && !has_logprobs && !finished) return out;
   json lp = has_logprobs ? ChoiceLogprobs(i, e.logprobs, false) : json(nullptr);
@@ -824,7 +874,7 @@ std::string StreamFormatter::Finish() const {
                   {"created", meta_.created},
                   {"model", meta_.model},
                   {"choices", json::array()},
-                  {"usage", UsageJson(options_.prompt_tokens, completion)}};
+                  {"usage", UsageJson(options_.prompt_tokens, completion, &kv_usage_)}};
     out += SseEvent(chunk);
   }
   out += kSseDone;

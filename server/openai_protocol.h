@@ -46,6 +46,10 @@ struct CommonParams {
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
   bool ignore_eos = false;     // vLLM extension
+  // kvserve extension: {"policy": name, "ratio": (0, 1]}; either key may be
+  // left out (the server default's value is used for it).
+  std::optional<std::string> kv_policy;
+  std::optional<double> kv_ratio;
 };
 
 struct CompletionRequest {
@@ -92,7 +96,16 @@ std::string TokenDisplayString(std::string_view bytes);
 // "stop", "length", or null (unfinished, aborted, failed).
 nlohmann::json FinishReasonJson(engine::FinishReason reason);
 
-nlohmann::json UsageJson(int prompt_tokens, int completion_tokens);
+// The KV cache a request's choices ended with (summed over choices).
+struct KvUsage {
+  int64_t bytes = 0;
+  int64_t bytes_uncompressed = 0;
+};
+
+// {prompt_tokens, completion_tokens, total_tokens} plus, when `kv` is given,
+// the kvserve fields kv_bytes, kv_bytes_uncompressed, kv_compression_ratio
+// (bytes / bytes_uncompressed; 1 when nothing was cached).
+nlohmann::json UsageJson(int prompt_tokens, int completion_tokens, const KvUsage* kv = nullptr);
 
 // id -> the token's bytes (tokenizer::Tokenizer::TokenToPiece).
 using TokenPieceFn = std::function<std::string(int32_t)>;
@@ -125,6 +138,8 @@ struct ChoiceOutput {
   std::vector<engine::TokenLogprob> logprobs;
   engine::FinishReason finish = engine::FinishReason::kNone;
   int completion_tokens = 0;
+  int64_t kv_bytes = 0;
+  int64_t kv_bytes_uncompressed = 0;
 };
 
 // Folds the events of an n-choice request (non-streaming responses).
@@ -139,6 +154,7 @@ class ResponseCollector {
   const std::vector<ChoiceOutput>& choices() const { return choices_; }
   const std::vector<engine::TokenLogprob>& prompt_logprobs() const { return prompt_logprobs_; }
   int completion_tokens() const;
+  KvUsage kv_usage() const;
 
  private:
   std::vector<ChoiceOutput> choices_;
@@ -192,6 +208,7 @@ class StreamFormatter {
   std::vector<bool> started_;     // per choice: first chunk sent
   std::vector<int> text_offset_;  // per choice, completions logprobs
   std::vector<int> completion_tokens_;
+  KvUsage kv_usage_;
   std::vector<engine::TokenLogprob> prompt_logprobs_;
 };
 

@@ -19,15 +19,18 @@ int RunPerplexity(const std::vector<std::string>& args) {
   cli.Flag("ctx", "N", "512", "tokens per chunk");
   cli.Flag("max-tokens", "N", "0", "use only the first N tokens of the file (0 = all)");
   cli.Flag("batch", "N", "512", "tokens per forward pass");
+  AddKvCompressionFlags(&cli);
   int code = 0;
   if (!ParseOrExit(&cli, args, &code)) return code;
   auto threads = cli.GetInt("threads", 0, 1024);
   auto ctx = cli.GetInt("ctx", 2, 1 << 20);
   auto max_tokens = cli.GetInt("max-tokens", 0, INT64_MAX);
   auto batch = cli.GetInt("batch", 1, 1 << 16);
-  if (!AllFlagsValid("perplexity",
-                     {threads.status(), ctx.status(), max_tokens.status(), batch.status()}))
+  auto kv = ParseKvCompressionFlags(cli);
+  if (!AllFlagsValid("perplexity", {threads.status(), ctx.status(), max_tokens.status(),
+                                    batch.status(), kv.status()}))
     return 2;
+  const std::optional<kvcache::KvCompressionSpec>& spec = kv->spec;
   std::ifstream in(cli.Get("file"), std::ios::binary);
   if (!in) {
     std::fprintf(stderr, "kvserve perplexity: cannot read %s\n", cli.Get("file").c_str());
@@ -54,6 +57,8 @@ int RunPerplexity(const std::vector<std::string>& args) {
   model::PerplexityOptions opt;
   opt.ctx = static_cast<int>(*ctx);
   opt.batch = static_cast<int>(*batch);
+  opt.kv_compression = spec;
+  opt.kv_compressor = kv->options;
   opt.progress = [](int done, int total, double ppl) {
     std::fprintf(stderr, "[kvserve] chunk %d/%d: running perplexity %.4f\n", done, total, ppl);
   };
@@ -65,6 +70,21 @@ int RunPerplexity(const std::vector<std::string>& args) {
   std::printf("perplexity: %.4f (tokens scored: %ld, chunks: %d, ctx: %ld, %.1f s, %.1f tok/s)\n",
               r->perplexity, static_cast<long>(r->n_scored), r->n_chunks, static_cast<long>(*ctx),
               r->seconds, r->n_chunks * *ctx / std::max(r->seconds, 1e-9));
+  if (spec) {
+    std::printf(
+        "kv: policy %s, target ratio %g, achieved ratio %.4f, bytes %ld of %ld, policy time %.3f "
+        "s\n",
+        spec->policy.c_str(), spec->ratio,
+        static_cast<double>(r->kv_bytes) / std::max<int64_t>(1, r->kv_bytes_uncompressed),
+        static_cast<long>(r->kv_bytes), static_cast<long>(r->kv_bytes_uncompressed),
+        r->kv_policy_seconds);
+    std::printf("kv tiers (layer blocks):");
+    for (int t = 0; t < kvcache::kNumKvTiers; ++t) {
+      std::printf(" %s %ld", std::string(kvcache::KvTierName(kvcache::TierFromIndex(t))).c_str(),
+                  static_cast<long>(r->kv_tier_units[t]));
+    }
+    std::printf("\n");
+  }
   return 0;
 }
 

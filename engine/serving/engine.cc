@@ -15,6 +15,7 @@
 #include "engine/serving/logits_processing.h"
 #include "engine/serving/scheduler.h"
 #include "engine/serving/sequence.h"
+#include "kvcache/kv_compressor.h"
 #include "kvcache/paged_kv_cache.h"
 
 namespace kvserve::engine {
@@ -26,7 +27,10 @@ using Clock = std::chrono::steady_clock;
 class RequestState : public RequestHandle {
  public:
   RequestState(GenerationRequest req, uint64_t arrival, std::function<void()> wake)
-      : request(std::move(req)), arrival(arrival), submitted(Clock::now()), wake_(std::move(wake)),
+      : request(std::move(req)),
+        arrival(arrival),
+        submitted(Clock::now()),
+        wake_(std::move(wake)),
         open_choices_(request.n) {}
 
   std::optional<StreamEvent> Next(absl::Duration timeout) override {
@@ -76,9 +80,16 @@ class EngineImpl {
  public:
   EngineImpl(const EngineConfig& config, model::ModelRunner* runner,
              const tokenizer::Tokenizer* tokenizer, EngineObserver* observer,
-             std::unique_ptr<kvcache::PagedKvCache> kv, std::unique_ptr<Scheduler> scheduler)
-      : config_(config), runner_(runner), tokenizer_(tokenizer), observer_(observer),
-        kv_(std::move(kv)), scheduler_(std::move(scheduler)) {
+             std::unique_ptr<kvcache::PagedKvCache> kv,
+             std::unique_ptr<kvcache::KvCompressor> compressor,
+             std::unique_ptr<Scheduler> scheduler)
+      : config_(config),
+        runner_(runner),
+        tokenizer_(tokenizer),
+        observer_(observer),
+        kv_(std::move(kv)),
+        compressor_(std::move(compressor)),
+        scheduler_(std::move(scheduler)) {
     PublishStats();
     thread_ = std::thread([this] { Loop(); });
   }
@@ -89,15 +100,16 @@ class EngineImpl {
     const model::ModelConfig& mc = runner_->config();
     if (r.prompt.empty()) return absl::InvalidArgumentError("the prompt is empty");
     if (r.max_tokens < 1) {
-      return absl::InvalidArgumentError(absl::StrCat("max_tokens must be >= 1, got ", r.max_tokens));
+      return absl::InvalidArgumentError(
+          absl::StrCat("max_tokens must be >= 1, got ", r.max_tokens));
     }
     if (r.n < 1 || r.n > config_.max_n) {
       return absl::InvalidArgumentError(
           absl::StrCat("n must be in 1..", config_.max_n, ", got ", r.n));
     }
     if (r.logprobs > config_.max_logprobs) {
-      return absl::InvalidArgumentError(absl::StrCat("logprobs must be at most ", config_.max_logprobs,
-                                                     ", got ", r.logprobs));
+      return absl::InvalidArgumentError(
+          absl::StrCat("logprobs must be at most ", config_.max_logprobs, ", got ", r.logprobs));
     }
     for (int32_t t : r.prompt) {
       if (t < 0 || t >= mc.n_vocab) {
@@ -107,16 +119,27 @@ class EngineImpl {
     }
     const int64_t total = static_cast<int64_t>(r.prompt.size()) + r.max_tokens;
     if (total > max_context()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "This model's maximum context length is ", max_context(), " tokens. However, you requested ",
-          total, " tokens (", r.prompt.size(), " in the prompt, ", r.max_tokens,
-          " for the completion). Please reduce the prompt or max_tokens."));
+      return absl::InvalidArgumentError(
+          absl::StrCat("This model's maximum context length is ", max_context(),
+                       " tokens. However, you requested ", total, " tokens (", r.prompt.size(),
+                       " in the prompt, ", r.max_tokens,
+                       " for the completion). Please reduce the prompt or max_tokens."));
     }
     const int blocks = static_cast<int>((total + config_.block_tokens - 1) / config_.block_tokens);
     if (blocks > kv_->pool().n_blocks()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "the request needs ", blocks, " KV blocks (", total, " tokens) but the server's KV cache has ",
-          kv_->pool().n_blocks(), "; reduce the prompt or max_tokens"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("the request needs ", blocks, " KV blocks (", total,
+                       " tokens) but the server's KV cache has ", kv_->pool().n_blocks(),
+                       "; reduce the prompt or max_tokens"));
+    }
+    if (r.kv_compression) {
+      // A front end may give only one half of the spec; the rest is the
+      // server default's.
+      if (r.kv_compression->policy.empty())
+        r.kv_compression->policy = config_.kv_compression.policy;
+      if (r.kv_compression->ratio == 0) r.kv_compression->ratio = config_.kv_compression.ratio;
+      if (absl::Status st = kvcache::ValidateCompressionSpec(*r.kv_compression); !st.ok())
+        return st;
     }
     const SamplingOptions& s = r.sampling;
     if (s.temperature < 0 || s.top_p <= 0 || s.top_p > 1 || s.top_k < 0 || s.min_p < 0 ||
@@ -131,8 +154,9 @@ class EngineImpl {
       if (stopping_) return absl::UnavailableError("the server is shutting down");
       if (queued_ >= config_.max_waiting) {
         ++rejected_;
-        return absl::ResourceExhaustedError(absl::StrCat(
-            "the server's queue is full (", config_.max_waiting, " requests waiting); retry later"));
+        return absl::ResourceExhaustedError(absl::StrCat("the server's queue is full (",
+                                                         config_.max_waiting,
+                                                         " requests waiting); retry later"));
       }
       state = std::make_shared<RequestState>(std::move(r), next_arrival_++, [this] { Wake(); });
       inbox_.push_back(state);
@@ -207,7 +231,8 @@ class EngineImpl {
     const GenerationRequest& req = r->request;
     const int n_vocab = runner_->config().n_vocab;
     uint64_t seed = req.sampling.seed.value_or(0);
-    if (!req.sampling.seed) seed = std::random_device{}() ^ (static_cast<uint64_t>(r->arrival) << 32);
+    if (!req.sampling.seed)
+      seed = std::random_device{}() ^ (static_cast<uint64_t>(r->arrival) << 32);
     for (int c = 0; c < req.n; ++c) {
       auto s = std::make_unique<Sequence>();
       s->id = next_seq_id_++;
@@ -217,6 +242,7 @@ class EngineImpl {
       s->arrival = r->arrival;
       s->tokens = req.prompt;
       s->prompt_len = static_cast<int>(req.prompt.size());
+      s->kv_spec = req.kv_compression.value_or(config_.kv_compression);
       model::SamplingParams sp;
       sp.temperature = req.sampling.temperature;
       sp.top_k = req.sampling.top_k;
@@ -267,11 +293,19 @@ class EngineImpl {
 
   void Step() {
     if (running_.empty() && waiting_.empty()) return;
-    SchedulerDecision d = scheduler_->Schedule(
-        running_, waiting_, *kv_, {config_.max_batch_tokens, config_.max_running});
+    const ScheduleLimits limits{config_.max_batch_tokens, config_.max_running};
+    SchedulerDecision d = scheduler_->Schedule(running_, waiting_, *kv_, limits);
+    if (!d.preempted.empty()) {
+      // Memory is short: compress harder before preempting anyone. Aim for
+      // the blocks the preemptions would have freed, then plan again.
+      int want = kv_->pool().n_free();
+      for (const Sequence* s : d.preempted) want += kv_->NumBlocks(s->id);
+      compressor_->Reclaim(want);
+      d = scheduler_->Schedule(running_, waiting_, *kv_, limits);
+    }
     // Apply the decision: preemptions free blocks first, then reservations.
     for (Sequence* s : d.preempted) {
-      kv_->Free(s->id);
+      ReleaseKv(s);
       s->num_computed = 0;
       s->running = false;
       running_.erase(std::find(running_.begin(), running_.end(), s));
@@ -294,17 +328,28 @@ class EngineImpl {
       return;
     }
     batch_.Clear();
+    ran_.clear();
+    const int window = config_.kv_compressor.observation_window;
     for (const ScheduledChunk& ch : d.chunks) {
       Sequence* s = ch.seq;
       KV_CHECK_MSG(kv_->Reserve(s->id, s->num_computed + ch.n_tokens),
                    "scheduler promised blocks that are not free");
-      const bool want_prompt_lp = s->request->request.prompt_logprobs && s->choice == 0 &&
-                                  !s->sent_prompt_logprobs;
+      if (!s->kv_tracked) {
+        compressor_->AddSequence(s->id, s->kv_spec);
+        s->kv_tracked = true;
+      }
+      ran_.push_back(s->id);
+      // Rows whose attention feeds the scores: every decode row, and the
+      // last `window` rows of a prefill chunk (the observation window).
+      const bool observed = compressor_->Compresses(s->id);
+      if (observed) batch_.mass_sink = compressor_.get();
+      const bool want_prompt_lp =
+          s->request->request.prompt_logprobs && s->choice == 0 && !s->sent_prompt_logprobs;
       const int end = s->num_computed + ch.n_tokens;
       for (int p = s->num_computed; p < end; ++p) {
         const bool last = p + 1 == static_cast<int>(s->tokens.size());
         const bool prompt_lp = want_prompt_lp && p + 1 < s->prompt_len;
-        batch_.Add(s->tokens[p], p, s->id, last || prompt_lp);
+        batch_.Add(s->tokens[p], p, s->id, last || prompt_lp, observed && p >= end - window);
       }
     }
     const auto t0 = Clock::now();
@@ -318,14 +363,15 @@ class EngineImpl {
       ReapFinished();
       return;
     }
+    compressor_->EndStep(ran_);
     const int n_vocab = runner_->config().n_vocab;
     int row = 0;
     for (const ScheduledChunk& ch : d.chunks) {
       Sequence* s = ch.seq;
       const int begin = s->num_computed;
       s->num_computed += ch.n_tokens;
-      const bool want_prompt_lp = s->request->request.prompt_logprobs && s->choice == 0 &&
-                                  !s->sent_prompt_logprobs;
+      const bool want_prompt_lp =
+          s->request->request.prompt_logprobs && s->choice == 0 && !s->sent_prompt_logprobs;
       std::vector<TokenLogprob> prompt_lps;
       const float* sample_row = nullptr;
       for (int p = begin; p < s->num_computed; ++p) {
@@ -361,7 +407,8 @@ class EngineImpl {
     const int n_vocab = runner_->config().n_vocab;
     const float* probs_row = row;
     const SamplingOptions& so = req.sampling;
-    if (so.repetition_penalty != 1.0f || so.presence_penalty != 0.0f || so.frequency_penalty != 0.0f) {
+    if (so.repetition_penalty != 1.0f || so.presence_penalty != 0.0f ||
+        so.frequency_penalty != 0.0f) {
       penalized_.assign(row, row + n_vocab);
       ApplyPenalties(so, s->output_counts, s->seen, penalized_.data(), n_vocab);
       probs_row = penalized_.data();
@@ -425,8 +472,10 @@ class EngineImpl {
     e.error = std::move(error);
     e.prompt_tokens = s->prompt_len;
     e.completion_tokens = s->generated;
+    e.kv_bytes = static_cast<int64_t>(kv_->SequenceBytes(s->id));
+    e.kv_bytes_uncompressed = static_cast<int64_t>(kv_->SequenceUncompressedBytes(s->id));
     s->finish = reason;
-    kv_->Free(s->id);
+    ReleaseKv(s);
     if (observer_) {
       RequestTimings t;
       const auto now = Clock::now();
@@ -434,14 +483,26 @@ class EngineImpl {
       const auto sub = s->request->submitted;
       t.queue_s = s->first_scheduled ? secs(*s->first_scheduled - sub) : secs(now - sub);
       t.ttft_s = s->first_token ? secs(*s->first_token - sub) : 0;
-      t.tpot_s = s->generated >= 2 ? secs(*s->last_token - *s->first_token) / (s->generated - 1) : 0;
+      t.tpot_s =
+          s->generated >= 2 ? secs(*s->last_token - *s->first_token) / (s->generated - 1) : 0;
       t.e2e_s = secs(now - sub);
       t.prompt_tokens = s->prompt_len;
       t.completion_tokens = s->generated;
       t.finish = reason;
+      t.kv_policy = s->kv_spec.policy;
+      t.kv_bytes = e.kv_bytes;
+      t.kv_bytes_uncompressed = e.kv_bytes_uncompressed;
       observer_->OnChoiceFinished(t);
     }
     s->request->Push(std::move(e));
+  }
+
+  // Frees s's blocks and forgets its scores (a preempted sequence starts
+  // over when it is recomputed).
+  void ReleaseKv(Sequence* s) {
+    kv_->Free(s->id);
+    compressor_->RemoveSequence(s->id);
+    s->kv_tracked = false;
   }
 
   void PublishStats() {
@@ -453,6 +514,17 @@ class EngineImpl {
     st.kv_blocks_used = pool.n_used();
     st.kv_bytes_total = static_cast<int64_t>(pool.capacity_bytes());
     st.kv_bytes_used = static_cast<int64_t>(pool.used_bytes());
+    for (int t = 0; t < kvcache::kNumKvTiers; ++t) {
+      const auto tier = kvcache::TierFromIndex(t);
+      st.kv_tier_units[t] = pool.units(tier);
+      st.kv_tier_bytes[t] = pool.units(tier) * static_cast<int64_t>(pool.unit_bytes(tier));
+    }
+    st.kv_bytes_uncompressed = pool.n_used() * static_cast<int64_t>(pool.bytes_per_block());
+    const kvcache::KvCompressionCounters& cc = compressor_->counters();
+    st.kv_moved_to = cc.moved_to;
+    st.kv_compress_failed = cc.failed;
+    st.kv_reclaim_rounds = cc.reclaim_rounds;
+    st.kv_policy_seconds = cc.policy_seconds;
     st.preemptions = preemptions_;
     st.prompt_tokens = prompt_tokens_;
     st.generation_tokens = generation_tokens_;
@@ -480,10 +552,11 @@ class EngineImpl {
   }
 
   const EngineConfig config_;
-  model::ModelRunner* const runner_;            // not owned
+  model::ModelRunner* const runner_;             // not owned
   const tokenizer::Tokenizer* const tokenizer_;  // not owned
   EngineObserver* const observer_;               // not owned; may be null
   std::unique_ptr<kvcache::PagedKvCache> kv_;
+  std::unique_ptr<kvcache::KvCompressor> compressor_;  // over *kv_
   std::unique_ptr<Scheduler> scheduler_;
 
   // Engine thread only.
@@ -492,6 +565,7 @@ class EngineImpl {
   std::vector<Sequence*> running_, waiting_;
   model::Batch batch_;
   std::vector<float> logits_, penalized_;
+  std::vector<int> ran_;  // sequence ids in the current step's batch
   int next_seq_id_ = 0;
   int64_t preemptions_ = 0, prompt_tokens_ = 0, generation_tokens_ = 0, steps_ = 0;
   int64_t requests_finished_ = 0;
@@ -519,10 +593,13 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineConfig& confi
   auto kv = kvcache::PagedKvCache::Create({mc.n_layers, mc.n_kv_head, mc.head_dim},
                                           valid->kv_cache_bytes, valid->block_tokens);
   if (!kv.ok()) return kv.status();
+  auto compressor = kvcache::KvCompressor::Create(kv->get(), valid->kv_compressor);
+  if (!compressor.ok()) return compressor.status();
   auto scheduler = MakeScheduler(valid->scheduler);
   if (!scheduler.ok()) return scheduler.status();
-  return std::unique_ptr<Engine>(new Engine(std::make_unique<EngineImpl>(
-      *valid, runner, tokenizer, observer, std::move(*kv), std::move(*scheduler))));
+  return std::unique_ptr<Engine>(
+      new Engine(std::make_unique<EngineImpl>(*valid, runner, tokenizer, observer, std::move(*kv),
+                                              std::move(*compressor), std::move(*scheduler))));
 }
 
 Engine::Engine(std::unique_ptr<EngineImpl> impl) : impl_(std::move(impl)) {}

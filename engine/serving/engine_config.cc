@@ -9,9 +9,10 @@ absl::StatusOr<EngineConfig> ValidateEngineConfig(EngineConfig c) {
     if (v < 1) return absl::InvalidArgumentError(absl::StrCat(name, ": must be >= 1, got ", v));
     return absl::OkStatus();
   };
-  for (absl::Status s : {positive("max_running", c.max_running), positive("max_waiting", c.max_waiting),
-                         positive("max_batch_tokens", c.max_batch_tokens), positive("max_n", c.max_n),
-                         positive("block_tokens", c.block_tokens)}) {
+  for (absl::Status s :
+       {positive("max_running", c.max_running), positive("max_waiting", c.max_waiting),
+        positive("max_batch_tokens", c.max_batch_tokens), positive("max_n", c.max_n),
+        positive("block_tokens", c.block_tokens)}) {
     if (!s.ok()) return s;
   }
   if (c.block_tokens % 16 != 0) {
@@ -19,7 +20,8 @@ absl::StatusOr<EngineConfig> ValidateEngineConfig(EngineConfig c) {
         absl::StrCat("block_tokens: must be a multiple of 16, got ", c.block_tokens));
   }
   if (c.max_context < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("max_context: must be >= 0, got ", c.max_context));
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_context: must be >= 0, got ", c.max_context));
   }
   if (c.max_logprobs < 0 || c.max_logprobs > 1000) {
     return absl::InvalidArgumentError(
@@ -27,6 +29,8 @@ absl::StatusOr<EngineConfig> ValidateEngineConfig(EngineConfig c) {
   }
   if (c.kv_cache_bytes == 0) return absl::InvalidArgumentError("kv_cache_bytes: must be > 0");
   if (c.scheduler.empty()) return absl::InvalidArgumentError("scheduler: must name a policy");
+  if (absl::Status st = kvcache::ValidateCompressionSpec(c.kv_compression); !st.ok()) return st;
+  if (absl::Status st = kvcache::ValidateCompressorOptions(c.kv_compressor); !st.ok()) return st;
   return c;
 }
 

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "kvcache/kv_compressor.h"
 
 namespace kvserve::engine {
 
@@ -20,6 +21,10 @@ struct EngineConfig {
   int max_n = 8;                         // cap of GenerationRequest::n
   int max_logprobs = 20;                 // cap of GenerationRequest::logprobs
   std::string scheduler = "fcfs";        // scheduling policy by name
+  // KV compression: the spec of requests that do not give one, and the
+  // knobs shared by every sequence (scores, protection, pressure).
+  kvcache::KvCompressionSpec kv_compression;
+  kvcache::KvCompressorOptions kv_compressor;
   // Debug hook: after every engine step, verify the KV cache's invariants
   // (PagedKvCache::CheckInvariants) and that the blocks held by live
   // sequences are exactly the pool's used blocks; a violation aborts with

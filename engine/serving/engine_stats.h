@@ -3,21 +3,29 @@
 // Prometheus metrics. Nothing here depends on a metrics library.
 #pragma once
 
+#include <array>
 #include <cstdint>
+#include <string>
 
 #include "engine/serving/request.h"
+#include "kvcache/kv_tier.h"
 
 namespace kvserve::engine {
 
 struct EngineStats {
   // Gauges.
-  int running = 0;           // sequences in the running batch
-  int waiting = 0;           // requests queued (incl. preempted ones awaiting recompute)
+  int running = 0;  // sequences in the running batch
+  int waiting = 0;  // requests queued (incl. preempted ones awaiting recompute)
   int kv_blocks_total = 0;
   int kv_blocks_free = 0;
   int kv_blocks_used = 0;
   int64_t kv_bytes_total = 0;
   int64_t kv_bytes_used = 0;
+  // KV compression. Units are one layer of one block; evicted units hold 0
+  // bytes. Indexed by kvcache::TierIndex.
+  std::array<int64_t, kvcache::kNumKvTiers> kv_tier_units{};
+  std::array<int64_t, kvcache::kNumKvTiers> kv_tier_bytes{};
+  int64_t kv_bytes_uncompressed = 0;  // live blocks' size if all were f16
   // Counters since start.
   int64_t requests_submitted = 0;
   int64_t requests_finished = 0;
@@ -26,6 +34,11 @@ struct EngineStats {
   int64_t prompt_tokens = 0;      // prompt tokens prefilled (recomputes included)
   int64_t generation_tokens = 0;  // tokens sampled
   int64_t steps = 0;              // forward passes
+  // Units moved into each tier by compression ([kEvicted]: evictions).
+  std::array<int64_t, kvcache::kNumKvTiers> kv_moved_to{};
+  int64_t kv_compress_failed = 0;  // moves the pool had no room for
+  int64_t kv_reclaim_rounds = 0;   // memory-pressure rounds (instead of preempting)
+  double kv_policy_seconds = 0;    // time in compression decisions and moves
 };
 
 // Timings of one finished choice, in seconds.
@@ -37,6 +50,9 @@ struct RequestTimings {
   int prompt_tokens = 0;
   int completion_tokens = 0;
   FinishReason finish = FinishReason::kNone;
+  std::string kv_policy;              // the choice's compression policy
+  int64_t kv_bytes = 0;               // its KV cache at the end, as stored
+  int64_t kv_bytes_uncompressed = 0;  // the same positions in f16
 };
 
 // Called on the engine thread; implementations must be quick and thread-safe

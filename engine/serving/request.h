@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "kvcache/kv_compressor.h"
 
 namespace kvserve::engine {
 
@@ -32,13 +33,13 @@ struct SamplingOptions {
 };
 
 struct GenerationRequest {
-  std::string request_id;        // for logs and metrics only
-  std::vector<int32_t> prompt;   // token ids, non-empty
-  int max_tokens = 16;           // >= 1; prompt + max_tokens <= the engine's max context
+  std::string request_id;       // for logs and metrics only
+  std::vector<int32_t> prompt;  // token ids, non-empty
+  int max_tokens = 16;          // >= 1; prompt + max_tokens <= the engine's max context
   SamplingOptions sampling;
   std::vector<std::string> stop;  // stop strings; the matched text is not returned
-  bool ignore_eos = false;       // keep going past end-of-generation tokens
-  int n = 1;                     // independent choices, 1..EngineConfig::max_n
+  bool ignore_eos = false;        // keep going past end-of-generation tokens
+  int n = 1;                      // independent choices, 1..EngineConfig::max_n
   // -1: no log-probabilities. k >= 0: each generated token's log-probability
   // plus the k most likely alternatives (k <= EngineConfig::max_logprobs).
   int logprobs = -1;
@@ -47,6 +48,8 @@ struct GenerationRequest {
   // given the tokens before it.
   bool prompt_logprobs = false;
   int priority = 0;  // higher runs first and is preempted last
+  // KV compression of this request's sequences; unset: the server default.
+  std::optional<kvcache::KvCompressionSpec> kv_compression;
 };
 
 enum class FinishReason {
@@ -59,7 +62,7 @@ enum class FinishReason {
 
 struct TokenLogprob {
   int32_t token = 0;
-  std::string text;     // the token's bytes (may be a partial UTF-8 character)
+  std::string text;      // the token's bytes (may be a partial UTF-8 character)
   float logprob = 0.0f;  // log-softmax of the model's logits, before sampling filters
   std::vector<std::pair<int32_t, float>> top;  // most likely alternatives, descending
 };
@@ -67,15 +70,19 @@ struct TokenLogprob {
 // One piece of output for one choice. A choice's last event has finish set.
 struct StreamEvent {
   int choice = 0;
-  std::string text;  // new text: whole UTF-8 characters, stop strings held back/removed
-  std::vector<int32_t> tokens;            // tokens whose text this event completes
-  std::vector<TokenLogprob> logprobs;     // one per token in `tokens` (if requested)
+  std::string text;             // new text: whole UTF-8 characters, stop strings held back/removed
+  std::vector<int32_t> tokens;  // tokens whose text this event completes
+  std::vector<TokenLogprob> logprobs;         // one per token in `tokens` (if requested)
   std::vector<TokenLogprob> prompt_logprobs;  // first event of choice 0 only (if requested)
   FinishReason finish = FinishReason::kNone;
   absl::Status error;  // set when finish == kError
   // Set on a choice's final event.
   int prompt_tokens = 0;
   int completion_tokens = 0;
+  // The choice's KV cache when it finished: bytes as stored, and what the
+  // same positions take uncompressed (f16).
+  int64_t kv_bytes = 0;
+  int64_t kv_bytes_uncompressed = 0;
 };
 
 }  // namespace kvserve::engine

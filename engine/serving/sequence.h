@@ -26,13 +26,15 @@ struct Sequence {
   RequestState* request = nullptr;  // not owned; outlives its sequences
   int choice = 0;
   int priority = 0;
-  uint64_t arrival = 0;             // submission order, for FCFS ties
+  uint64_t arrival = 0;  // submission order, for FCFS ties
 
   std::vector<int32_t> tokens;  // prompt, then generated tokens
   int prompt_len = 0;
   int num_computed = 0;  // leading tokens whose K/V are in the cache
   int generated = 0;
   bool running = false;
+  kvcache::KvCompressionSpec kv_spec;  // this choice's KV compression
+  bool kv_tracked = false;             // known to the engine's KvCompressor
 
   std::unique_ptr<model::Sampler> sampler;
   std::unique_ptr<StopMatcher> stop;

@@ -221,8 +221,13 @@ TEST_F(HttpServerTest, CompletionFromTokensAndText) {
   }
   // Greedy: both choices agree.
   EXPECT_EQ(j["choices"][0]["text"], j["choices"][1]["text"]);
-  EXPECT_EQ(j["usage"],
-            json({{"prompt_tokens", 3}, {"completion_tokens", 12}, {"total_tokens", 15}}));
+  EXPECT_EQ(j["usage"]["prompt_tokens"], 3);
+  EXPECT_EQ(j["usage"]["completion_tokens"], 12);
+  EXPECT_EQ(j["usage"]["total_tokens"], 15);
+  // Uncompressed by default: both choices' blocks, as stored.
+  EXPECT_GT(j["usage"]["kv_bytes"].get<int64_t>(), 0);
+  EXPECT_EQ(j["usage"]["kv_bytes"], j["usage"]["kv_bytes_uncompressed"]);
+  EXPECT_EQ(j["usage"]["kv_compression_ratio"], 1.0);
 
   // The tiny vocabulary has single-character tokens for 'A'..'Z'.
   r = Post("/v1/completions",

@@ -11,6 +11,8 @@
 namespace kvserve::server {
 namespace {
 
+const KvUsage kNoKv{};  // events without KV accounting
+
 using ::testing::HasSubstr;
 using json = nlohmann::json;
 
@@ -374,6 +376,12 @@ TEST(SerialiseTest, FinishReasonsAndUsage) {
   EXPECT_TRUE(FinishReasonJson(engine::FinishReason::kAbort).is_null());
   EXPECT_EQ(UsageJson(3, 4),
             json({{"prompt_tokens", 3}, {"completion_tokens", 4}, {"total_tokens", 7}}));
+  const KvUsage kv{1000, 4000};
+  const json u = UsageJson(3, 4, &kv);
+  EXPECT_EQ(u["kv_bytes"], 1000);
+  EXPECT_EQ(u["kv_bytes_uncompressed"], 4000);
+  EXPECT_DOUBLE_EQ(u["kv_compression_ratio"].get<double>(), 0.25);
+  EXPECT_DOUBLE_EQ(UsageJson(1, 1, &kNoKv)["kv_compression_ratio"].get<double>(), 1.0);
 }
 
 TEST(SerialiseTest, CompletionLogprobsFormat) {
@@ -472,7 +480,7 @@ TEST(ResponseJsonTest, CompletionWithEchoAndLogprobs) {
   EXPECT_TRUE(ch["logprobs"]["token_logprobs"][0].is_null());
   EXPECT_EQ(ch["logprobs"]["token_logprobs"][1], -3.0);
   EXPECT_EQ(ch["logprobs"]["text_offset"], json({0, 3, 5}));
-  EXPECT_EQ(j["usage"], UsageJson(2, 1));
+  EXPECT_EQ(j["usage"], UsageJson(2, 1, &kNoKv));
 }
 
 TEST(ResponseJsonTest, ChatWithTwoChoices) {
@@ -489,7 +497,7 @@ TEST(ResponseJsonTest, ChatWithTwoChoices) {
   EXPECT_TRUE(j["choices"][0]["logprobs"].is_null());
   EXPECT_EQ(j["choices"][1]["index"], 1);
   EXPECT_EQ(j["choices"][1]["finish_reason"], "length");
-  EXPECT_EQ(j["usage"], UsageJson(10, 3));
+  EXPECT_EQ(j["usage"], UsageJson(10, 3, &kNoKv));
 }
 
 // --- server-sent events ------------------------------------------------------
@@ -535,7 +543,7 @@ TEST(StreamFormatterTest, CompletionChunksUsageAndDone) {
   EXPECT_EQ(chunks[2]["choices"][0]["text"], "");
   EXPECT_EQ(chunks[2]["choices"][0]["finish_reason"], "length");
   EXPECT_EQ(chunks[3]["choices"], json::array());
-  EXPECT_EQ(chunks[3]["usage"], UsageJson(4, 3));
+  EXPECT_EQ(chunks[3]["usage"], UsageJson(4, 3, &kNoKv));
   EXPECT_EQ(chunks[4], "[DONE]");
 }
 
