@@ -1,5 +1,6 @@
 #include "server/metrics.h"
 
+#include <algorithm>
 #include <string>
 
 #include "prometheus/counter.h"
@@ -31,9 +32,21 @@ const char* FinishLabel(engine::FinishReason r) {
 }
 
 // Sets a counter that mirrors a monotonic engine total.
-void AdvanceTo(prometheus::Counter* c, int64_t total) {
-  const double delta = static_cast<double>(total) - c->Value();
+void AdvanceTo(prometheus::Counter* c, double total) {
+  const double delta = total - c->Value();
   if (delta > 0) c->Increment(delta);
+}
+
+std::string TierLabel(int t) { return std::string(kvcache::KvTierName(kvcache::TierFromIndex(t))); }
+
+constexpr int kEvicted = kvcache::TierIndex(kvcache::KvTier::kEvicted);
+
+// Stored / uncompressed bytes of a choice's KV cache: dense where the
+// policies' usual targets (1/8 .. 1/2) lie.
+const prometheus::Histogram::BucketBoundaries& KvRatioBuckets() {
+  static const auto* const kBuckets = new prometheus::Histogram::BucketBoundaries{
+      0.05, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0};
+  return *kBuckets;
 }
 
 }  // namespace
@@ -72,10 +85,42 @@ Metrics::Metrics(const std::string& model_name)
                          .Help("Used over capacity of the KV cache pool, 0..1.")
                          .Register(reg)
                          .Add({});
-  auto& blocks =
-      BuildGauge().Name("kvserve_kv_cache_blocks").Help("KV cache blocks by state.").Register(reg);
+  // One family, two kinds of series: state= counts whole blocks (all layers),
+  // tier= counts (block, layer) units, since compression moves each layer of
+  // a block on its own. docs/metrics.md tells users to select one kind.
+  auto& blocks = BuildGauge()
+                     .Name("kvserve_kv_cache_blocks")
+                     .Help(
+                         "KV cache blocks by state (whole blocks), or per-layer block units by "
+                         "storage tier.")
+                     .Register(reg);
   kv_blocks_free_ = &blocks.Add({{"state", "free"}});
   kv_blocks_used_ = &blocks.Add({{"state", "used"}});
+  auto& tier_bytes =
+      BuildGauge()
+          .Name("kvserve_kv_cache_bytes")
+          .Help("Bytes of the live KV cache by storage tier (evicted units hold none).")
+          .Register(reg);
+  for (int t = 0; t < kvcache::kNumKvTiers; ++t) {
+    if (t != kEvicted) kv_tier_bytes_[t] = &tier_bytes.Add({{"tier", TierLabel(t)}});
+    kv_tier_units_[t] = &blocks.Add({{"tier", TierLabel(t)}});
+  }
+  kv_uncompressed_bytes_ = &BuildGauge()
+                                .Name("kvserve_kv_cache_uncompressed_bytes")
+                                .Help("Bytes the live KV cache blocks would take if all were f16.")
+                                .Register(reg)
+                                .Add({});
+  kv_saved_bytes_ = &BuildGauge()
+                         .Name("kvserve_kv_cache_saved_bytes")
+                         .Help("Uncompressed minus stored bytes of the live KV cache.")
+                         .Register(reg)
+                         .Add({});
+  kv_compression_ratio_ =
+      &BuildGauge()
+           .Name("kvserve_kv_cache_compression_ratio")
+           .Help("Stored over uncompressed bytes of the live KV cache (1 when it is empty).")
+           .Register(reg)
+           .Add({});
 
   preemptions_ = &BuildCounter()
                       .Name("kvserve_preemptions_total")
@@ -102,6 +147,37 @@ Metrics::Metrics(const std::string& model_name)
                 .Help("Forward passes run by the engine.")
                 .Register(reg)
                 .Add({});
+  auto& quantized =
+      BuildCounter()
+          .Name("kvserve_kv_blocks_quantized_total")
+          .Help("Per-layer KV block units moved into a quantized tier by compression.")
+          .Register(reg);
+  for (int t = 0; t < kvcache::kNumKvTiers; ++t) {
+    if (kvcache::IsQuantized(kvcache::TierFromIndex(t))) {
+      kv_moved_to_[t] = &quantized.Add({{"tier", TierLabel(t)}});
+    }
+  }
+  kv_moved_to_[kEvicted] = &BuildCounter()
+                                .Name("kvserve_kv_blocks_evicted_total")
+                                .Help("Per-layer KV block units evicted by compression.")
+                                .Register(reg)
+                                .Add({});
+  kv_compress_failed_ = &BuildCounter()
+                             .Name("kvserve_kv_compression_failures_total")
+                             .Help("KV compression moves dropped because the pool had no room.")
+                             .Register(reg)
+                             .Add({});
+  kv_reclaim_rounds_ =
+      &BuildCounter()
+           .Name("kvserve_kv_reclaim_rounds_total")
+           .Help("Memory-pressure rounds that compressed the KV cache instead of preempting.")
+           .Register(reg)
+           .Add({});
+  kv_policy_seconds_ = &BuildCounter()
+                            .Name("kvserve_kv_compression_seconds_total")
+                            .Help("Time spent deciding and moving KV cache compression.")
+                            .Register(reg)
+                            .Add({});
 
   finished_ = &BuildCounter()
                    .Name("kvserve_requests_total")
@@ -141,6 +217,16 @@ Metrics::Metrics(const std::string& model_name)
   step_batch_tokens_ = histogram("kvserve_step_batch_tokens", "Tokens in one engine step's batch.",
                                  {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096});
 
+  request_kv_ratio_ = &BuildHistogram()
+                           .Name("kvserve_request_kv_compression_ratio")
+                           .Help("Stored over uncompressed bytes of a finished choice's KV cache.")
+                           .Register(reg);
+  request_kv_saved_bytes_ =
+      &BuildCounter()
+           .Name("kvserve_request_kv_saved_bytes_total")
+           .Help("KV cache bytes saved by compression, summed over finished choices.")
+           .Register(reg);
+
   http_requests_ = &BuildCounter()
                         .Name("kvserve_http_requests_total")
                         .Help("HTTP requests by route, method and response status code.")
@@ -158,6 +244,15 @@ void Metrics::OnChoiceFinished(const engine::RequestTimings& t) {
     e2e_->Observe(t.e2e_s);
     request_prompt_tokens_->Observe(t.prompt_tokens);
     request_generation_tokens_->Observe(t.completion_tokens);
+  }
+  // A choice that ends before its prompt was prefilled has no cache to rate.
+  if (t.kv_bytes_uncompressed > 0) {
+    const prometheus::Labels policy = {{"policy", t.kv_policy}};
+    // Buckets only matter when the series is created; later Adds find it.
+    request_kv_ratio_->Add(policy, KvRatioBuckets())
+        .Observe(static_cast<double>(t.kv_bytes) / static_cast<double>(t.kv_bytes_uncompressed));
+    request_kv_saved_bytes_->Add(policy).Increment(
+        static_cast<double>(std::max<int64_t>(0, t.kv_bytes_uncompressed - t.kv_bytes)));
   }
 }
 
@@ -190,6 +285,25 @@ std::string Metrics::Render(const engine::EngineStats& s) {
   AdvanceTo(generation_tokens_, s.generation_tokens);
   AdvanceTo(rejected_, s.requests_rejected);
   AdvanceTo(steps_, s.steps);
+
+  int64_t stored = 0;
+  for (int t = 0; t < kvcache::kNumKvTiers; ++t) {
+    stored += s.kv_tier_bytes[t];
+    if (kv_tier_bytes_[t] != nullptr) {
+      kv_tier_bytes_[t]->Set(static_cast<double>(s.kv_tier_bytes[t]));
+    }
+    kv_tier_units_[t]->Set(static_cast<double>(s.kv_tier_units[t]));
+    if (kv_moved_to_[t] != nullptr) AdvanceTo(kv_moved_to_[t], s.kv_moved_to[t]);
+  }
+  kv_uncompressed_bytes_->Set(static_cast<double>(s.kv_bytes_uncompressed));
+  kv_saved_bytes_->Set(static_cast<double>(std::max<int64_t>(0, s.kv_bytes_uncompressed - stored)));
+  kv_compression_ratio_->Set(s.kv_bytes_uncompressed > 0
+                                 ? static_cast<double>(stored) /
+                                       static_cast<double>(s.kv_bytes_uncompressed)
+                                 : 1.0);
+  AdvanceTo(kv_compress_failed_, s.kv_compress_failed);
+  AdvanceTo(kv_reclaim_rounds_, s.kv_reclaim_rounds);
+  AdvanceTo(kv_policy_seconds_, s.kv_policy_seconds);
   return prometheus::TextSerializer().Serialize(registry_->Collect());
 }
 

@@ -1,10 +1,12 @@
 // Prometheus metrics of the server (docs/metrics.md lists every one).
 //
 // Three sources feed them:
-//   * Engine::Stats() at scrape time: gauges (running, waiting, KV cache)
-//     and the engine's cumulative counters (preemptions, tokens, rejected).
+//   * Engine::Stats() at scrape time: gauges (running, waiting, KV cache and
+//     its compression tiers) and the engine's cumulative counters
+//     (preemptions, tokens, rejected, KV compression moves).
 //   * EngineObserver callbacks on the engine thread: per-choice latency
-//     histograms and finish-reason counters, per-step duration.
+//     histograms and finish-reason counters, per-policy KV compression of
+//     finished choices, per-step duration.
 //   * The HTTP front end: requests by route and status code.
 // Everything lives in one prometheus-cpp registry rendered in the text
 // exposition format 0.0.4 by Render(), which the HTTP server serves at
@@ -14,12 +16,14 @@
 // metrics are thread-safe; Render serialises itself with a mutex).
 #pragma once
 
+#include <array>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <string_view>
 
 #include "engine/serving/engine_stats.h"
+#include "kvcache/kv_tier.h"
 
 namespace prometheus {
 class Registry;
@@ -63,12 +67,25 @@ class Metrics : public engine::EngineObserver {
   prometheus::Gauge* kv_usage_ratio_;
   prometheus::Gauge* kv_blocks_free_;
   prometheus::Gauge* kv_blocks_used_;
+  // KV compression, indexed by kvcache::TierIndex. kv_tier_bytes_[kEvicted]
+  // is null: evicted units hold no bytes, so that series is not exported.
+  std::array<prometheus::Gauge*, kvcache::kNumKvTiers> kv_tier_bytes_{};
+  std::array<prometheus::Gauge*, kvcache::kNumKvTiers> kv_tier_units_{};
+  prometheus::Gauge* kv_uncompressed_bytes_;
+  prometheus::Gauge* kv_saved_bytes_;
+  prometheus::Gauge* kv_compression_ratio_;
   // Counters mirrored from Stats(): advanced by the difference at scrape.
   prometheus::Counter* preemptions_;
   prometheus::Counter* prompt_tokens_;
   prometheus::Counter* generation_tokens_;
   prometheus::Counter* rejected_;
   prometheus::Counter* steps_;
+  // [kInt8..kInt2]: kvserve_kv_blocks_quantized_total{tier}; [kEvicted]:
+  // kvserve_kv_blocks_evicted_total; [kF16] is null (nothing moves up).
+  std::array<prometheus::Counter*, kvcache::kNumKvTiers> kv_moved_to_{};
+  prometheus::Counter* kv_compress_failed_;
+  prometheus::Counter* kv_reclaim_rounds_;
+  prometheus::Counter* kv_policy_seconds_;
   // From the observer.
   prometheus::Family<prometheus::Counter>* finished_;
   prometheus::Histogram* ttft_;
@@ -79,6 +96,10 @@ class Metrics : public engine::EngineObserver {
   prometheus::Histogram* request_generation_tokens_;
   prometheus::Histogram* step_duration_;
   prometheus::Histogram* step_batch_tokens_;
+  // Labelled by the choice's compression policy; series appear with the
+  // first choice of each policy (the engine admits only the known names).
+  prometheus::Family<prometheus::Histogram>* request_kv_ratio_;
+  prometheus::Family<prometheus::Counter>* request_kv_saved_bytes_;
   // From the HTTP server.
   prometheus::Family<prometheus::Counter>* http_requests_;
 

@@ -6,6 +6,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "kvcache/kv_tier.h"
 
 namespace kvserve::server {
 namespace {
@@ -109,6 +110,131 @@ TEST(MetricsTest, ObserverFeedsHistogramsAndFinishCounters) {
   EXPECT_EQ(s["kvserve_request_generation_tokens_sum"], 44);
   EXPECT_EQ(s["kvserve_step_duration_seconds_count"], 1);
   EXPECT_EQ(s["kvserve_step_batch_tokens_sum"], 64);
+}
+
+// A cache of 10 blocks x 4 layers = 40 units, partly compressed. Sizes per
+// unit: f16 1000, int8 500, int4 250, int2 125.
+engine::EngineStats CompressedStats() {
+  engine::EngineStats s;
+  using kvcache::KvTier;
+  using kvcache::TierIndex;
+  s.kv_tier_units[TierIndex(KvTier::kF16)] = 12;
+  s.kv_tier_units[TierIndex(KvTier::kInt8)] = 8;
+  s.kv_tier_units[TierIndex(KvTier::kInt4)] = 8;
+  s.kv_tier_units[TierIndex(KvTier::kInt2)] = 4;
+  s.kv_tier_units[TierIndex(KvTier::kEvicted)] = 8;
+  s.kv_tier_bytes[TierIndex(KvTier::kF16)] = 12000;
+  s.kv_tier_bytes[TierIndex(KvTier::kInt8)] = 4000;
+  s.kv_tier_bytes[TierIndex(KvTier::kInt4)] = 2000;
+  s.kv_tier_bytes[TierIndex(KvTier::kInt2)] = 500;
+  s.kv_bytes_uncompressed = 40000;
+  s.kv_moved_to[TierIndex(KvTier::kInt8)] = 16;  // 8 of them moved on to int4
+  s.kv_moved_to[TierIndex(KvTier::kInt4)] = 8;
+  s.kv_moved_to[TierIndex(KvTier::kInt2)] = 4;
+  s.kv_moved_to[TierIndex(KvTier::kEvicted)] = 8;
+  s.kv_compress_failed = 3;
+  s.kv_reclaim_rounds = 2;
+  s.kv_policy_seconds = 0.25;
+  return s;
+}
+
+TEST(MetricsTest, KvCompressionGaugesAndCountersComeFromEngineStats) {
+  Metrics m("smol");
+  auto s = Samples(m.Render({}));
+  // Before anything is cached: every tier series exists at 0, ratio 1.
+  for (const char* t : {"f16", "int8", "int4", "int2"}) {
+    EXPECT_EQ(s.count("kvserve_kv_cache_bytes{tier=\"" + std::string(t) + "\"}"), 1u) << t;
+  }
+  EXPECT_EQ(s.count("kvserve_kv_cache_blocks{tier=\"evicted\"}"), 1u);
+  EXPECT_EQ(s["kvserve_kv_cache_compression_ratio"], 1);
+  EXPECT_EQ(s["kvserve_kv_cache_saved_bytes"], 0);
+  EXPECT_EQ(s["kvserve_kv_blocks_quantized_total{tier=\"int4\"}"], 0);
+
+  const std::string text = m.Render(CompressedStats());
+  s = Samples(text);
+  EXPECT_EQ(s["kvserve_kv_cache_bytes{tier=\"f16\"}"], 12000);
+  EXPECT_EQ(s["kvserve_kv_cache_bytes{tier=\"int8\"}"], 4000);
+  EXPECT_EQ(s["kvserve_kv_cache_bytes{tier=\"int4\"}"], 2000);
+  EXPECT_EQ(s["kvserve_kv_cache_bytes{tier=\"int2\"}"], 500);
+  // Evicted units hold no bytes, so there is no such bytes series.
+  EXPECT_EQ(s.count("kvserve_kv_cache_bytes{tier=\"evicted\"}"), 0u);
+  EXPECT_EQ(s["kvserve_kv_cache_blocks{tier=\"f16\"}"], 12);
+  EXPECT_EQ(s["kvserve_kv_cache_blocks{tier=\"int8\"}"], 8);
+  EXPECT_EQ(s["kvserve_kv_cache_blocks{tier=\"int4\"}"], 8);
+  EXPECT_EQ(s["kvserve_kv_cache_blocks{tier=\"int2\"}"], 4);
+  EXPECT_EQ(s["kvserve_kv_cache_blocks{tier=\"evicted\"}"], 8);
+  EXPECT_EQ(s["kvserve_kv_cache_uncompressed_bytes"], 40000);
+  EXPECT_EQ(s["kvserve_kv_cache_saved_bytes"], 40000 - 18500);
+  EXPECT_DOUBLE_EQ(s["kvserve_kv_cache_compression_ratio"], 18500.0 / 40000);
+  EXPECT_EQ(s["kvserve_kv_blocks_quantized_total{tier=\"int8\"}"], 16);
+  EXPECT_EQ(s["kvserve_kv_blocks_quantized_total{tier=\"int4\"}"], 8);
+  EXPECT_EQ(s["kvserve_kv_blocks_quantized_total{tier=\"int2\"}"], 4);
+  // Nothing is ever moved into f16, so it has no quantized series.
+  EXPECT_EQ(s.count("kvserve_kv_blocks_quantized_total{tier=\"f16\"}"), 0u);
+  EXPECT_EQ(s["kvserve_kv_blocks_evicted_total"], 8);
+  EXPECT_EQ(s["kvserve_kv_compression_failures_total"], 3);
+  EXPECT_EQ(s["kvserve_kv_reclaim_rounds_total"], 2);
+  EXPECT_DOUBLE_EQ(s["kvserve_kv_compression_seconds_total"], 0.25);
+  // The block-state series of the same family are untouched by the tiers.
+  EXPECT_EQ(s["kvserve_kv_cache_blocks{state=\"used\"}"], 0);
+  EXPECT_THAT(text, HasSubstr("# TYPE kvserve_kv_cache_bytes gauge"));
+  EXPECT_THAT(text, HasSubstr("# TYPE kvserve_kv_blocks_quantized_total counter"));
+  EXPECT_THAT(text, HasSubstr("# TYPE kvserve_kv_compression_seconds_total counter"));
+
+  // Counters follow the engine's totals; gauges follow the cache, and the
+  // saved bytes never go negative even if the engine reported more stored
+  // than uncompressed bytes.
+  engine::EngineStats later = CompressedStats();
+  later.kv_moved_to[kvcache::TierIndex(kvcache::KvTier::kInt2)] = 10;
+  later.kv_policy_seconds = 0.75;
+  later.kv_bytes_uncompressed = 10000;
+  s = Samples(m.Render(later));
+  EXPECT_EQ(s["kvserve_kv_blocks_quantized_total{tier=\"int2\"}"], 10);
+  EXPECT_DOUBLE_EQ(s["kvserve_kv_compression_seconds_total"], 0.75);
+  EXPECT_EQ(s["kvserve_kv_cache_saved_bytes"], 0);
+  EXPECT_DOUBLE_EQ(s["kvserve_kv_cache_compression_ratio"], 1.85);
+}
+
+TEST(MetricsTest, FinishedChoicesFeedPerPolicyCompression) {
+  Metrics m("smol");
+  auto s = Samples(m.Render({}));
+  // Series appear with the first choice of a policy.
+  EXPECT_EQ(s.count("kvserve_request_kv_compression_ratio_count{policy=\"h2o\"}"), 0u);
+
+  engine::RequestTimings h2o;
+  h2o.finish = engine::FinishReason::kStop;
+  h2o.kv_policy = "h2o";
+  h2o.kv_bytes = 3000;
+  h2o.kv_bytes_uncompressed = 12000;
+  m.OnChoiceFinished(h2o);
+  engine::RequestTimings quant = h2o;
+  quant.kv_policy = "quant-uniform";
+  quant.kv_bytes = 6000;
+  m.OnChoiceFinished(quant);
+  engine::RequestTimings h2o_again = h2o;
+  h2o_again.kv_bytes = 12000;  // nothing compressed: ratio 1, nothing saved
+  m.OnChoiceFinished(h2o_again);
+  // A choice aborted before prefill has no cache and is not observed.
+  engine::RequestTimings empty;
+  empty.finish = engine::FinishReason::kAbort;
+  empty.kv_policy = "snapkv";
+  m.OnChoiceFinished(empty);
+
+  s = Samples(m.Render({}));
+  const std::string h = "kvserve_request_kv_compression_ratio";
+  EXPECT_EQ(s[h + "_count{policy=\"h2o\"}"], 2);
+  EXPECT_DOUBLE_EQ(s[h + "_sum{policy=\"h2o\"}"], 1.25);
+  EXPECT_EQ(s[h + "_bucket{policy=\"h2o\",le=\"0.2\"}"], 0);
+  EXPECT_EQ(s[h + "_bucket{policy=\"h2o\",le=\"0.25\"}"], 1);
+  EXPECT_EQ(s[h + "_bucket{policy=\"h2o\",le=\"0.9\"}"], 1);
+  EXPECT_EQ(s[h + "_bucket{policy=\"h2o\",le=\"1\"}"], 2);
+  EXPECT_EQ(s[h + "_count{policy=\"quant-uniform\"}"], 1);
+  EXPECT_EQ(s[h + "_bucket{policy=\"quant-uniform\",le=\"0.4\"}"], 0);
+  EXPECT_EQ(s[h + "_bucket{policy=\"quant-uniform\",le=\"0.5\"}"], 1);
+  EXPECT_EQ(s.count(h + "_count{policy=\"snapkv\"}"), 0u);
+  EXPECT_EQ(s["kvserve_request_kv_saved_bytes_total{policy=\"h2o\"}"], 9000);
+  EXPECT_EQ(s["kvserve_request_kv_saved_bytes_total{policy=\"quant-uniform\"}"], 6000);
+  EXPECT_EQ(s.count("kvserve_request_kv_saved_bytes_total{policy=\"snapkv\"}"), 0u);
 }
 
 TEST(MetricsTest, HttpRequestsByRouteMethodAndStatus) {
