@@ -1,12 +1,15 @@
 #include "server/grpc_messages.h"
 
+#include <algorithm>
 #include <cmath>
+#include <string_view>
 #include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
 #include "engine/tokenizer/chat_template.h"
+#include "kvcache/compression_policy.h"
 
 namespace kvserve::server {
 namespace {
@@ -50,6 +53,43 @@ absl::Status FillSampling(const v1::GenerateRequest& r, engine::SamplingOptions*
     s->repetition_penalty = r.repetition_penalty();
   }
   return absl::OkStatus();
+}
+
+// Checked here, before the request is queued, with the same rules the
+// engine applies once it has filled in the server defaults: an unknown policy
+// or a ratio outside (0, 1] is the caller's error either way.
+absl::Status FillKvCompression(const v1::GenerateRequest& r, engine::GenerationRequest* out) {
+  if (!r.has_kv_compression()) return absl::OkStatus();
+  const v1::KvCompression& kv = r.kv_compression();
+  if (!kv.policy().empty()) {
+    const std::vector<std::string_view> names = kvcache::CompressionPolicyNames();
+    if (std::find(names.begin(), names.end(), kv.policy()) == names.end()) {
+      std::string valid;
+      for (std::string_view n : names)
+        absl::StrAppend(&valid, valid.empty() ? "" : ", ", std::string(n));
+      return absl::InvalidArgumentError(absl::StrCat("kv_compression.policy '", kv.policy(),
+                                                     "' is not a known policy; valid: ", valid));
+    }
+  }
+  // 0 is proto3's "unset"; NaN fails the range test.
+  if (kv.ratio() != 0 && !(kv.ratio() > 0 && kv.ratio() <= 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("kv_compression.ratio must be in (0, 1], or 0 for the server default (got ",
+                     kv.ratio(), ")"));
+  }
+  // Empty halves are the engine's to fill in from its configuration.
+  out->kv_compression = kvcache::KvCompressionSpec{kv.policy(), kv.ratio()};
+  return absl::OkStatus();
+}
+
+// Sets the KV fields of `usage` from byte totals; the ratio is 1 when
+// nothing was cached, as the HTTP API reports it.
+void SetKvUsage(int64_t bytes, int64_t bytes_uncompressed, v1::Usage* usage) {
+  usage->set_kv_bytes(bytes);
+  usage->set_kv_bytes_uncompressed(bytes_uncompressed);
+  usage->set_kv_compression_ratio(
+      bytes_uncompressed > 0 ? static_cast<double>(bytes) / static_cast<double>(bytes_uncompressed)
+                             : 1.0);
 }
 
 absl::StatusOr<std::vector<int32_t>> EncodeChat(const v1::ChatMessages& chat,
@@ -139,6 +179,7 @@ absl::StatusOr<engine::GenerationRequest> ToGenerationRequest(const v1::Generate
   }
   out.ignore_eos = r.ignore_eos();
   out.prompt_logprobs = r.prompt_logprobs();
+  if (absl::Status s = FillKvCompression(r, &out); !s.ok()) return s;
   // Tokenizing last: the cheap checks above fail fast on long prompts.
   absl::StatusOr<std::vector<int32_t>> prompt = EncodeInput(r, tokenizer);
   if (!prompt.ok()) return prompt.status();
@@ -194,6 +235,7 @@ v1::GenerateResponse ToGenerateResponse(const engine::StreamEvent& event,
   if (event.finish != engine::FinishReason::kNone) {
     out.mutable_usage()->set_prompt_tokens(event.prompt_tokens);
     out.mutable_usage()->set_completion_tokens(event.completion_tokens);
+    SetKvUsage(event.kv_bytes, event.kv_bytes_uncompressed, out.mutable_usage());
   }
   out.set_request_id(request_id);
   return out;
@@ -206,7 +248,7 @@ CompleteAccumulator::CompleteAccumulator(const tokenizer::Tokenizer* tokenizer, 
   response_.set_model(std::move(model));
   response_.set_request_id(std::move(request_id));
   for (int i = 0; i < n; ++i) response_.add_choices()->set_index(i);
-  response_.mutable_usage();  // present even before the first final event
+  SetKvUsage(0, 0, response_.mutable_usage());  // present even before the first final event
 }
 
 absl::Status CompleteAccumulator::Add(const engine::StreamEvent& event) {
@@ -234,6 +276,8 @@ absl::Status CompleteAccumulator::Add(const engine::StreamEvent& event) {
     // Every choice shares the prompt; its count is the same on each.
     usage->set_prompt_tokens(event.prompt_tokens);
     usage->set_completion_tokens(usage->completion_tokens() + event.completion_tokens);
+    SetKvUsage(usage->kv_bytes() + event.kv_bytes,
+               usage->kv_bytes_uncompressed() + event.kv_bytes_uncompressed, usage);
   }
   return absl::OkStatus();
 }

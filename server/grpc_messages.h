@@ -23,10 +23,13 @@ inline constexpr int kMaxStopStrings = 16;
 // Checks `request` and builds the engine's request: the named model must be
 // `model_name` (or empty; NotFound otherwise), exactly one input must be
 // set, and the numeric fields must lie in the ranges the proto documents
-// (InvalidArgument naming the field otherwise). Text prompts are encoded
-// with `tokenizer`, chats rendered with its chat template first. Limits that
-// depend on the engine's configuration (context length, n and logprobs caps,
-// token ids within the vocabulary) are left to Engine::Submit.
+// (InvalidArgument naming the field otherwise). kv_compression.policy must be
+// empty or one of kvcache::CompressionPolicyNames() and kv_compression.ratio
+// 0 or in (0, 1]; the zero values pass through as "" / 0 for the engine to
+// replace with its defaults. Text prompts are encoded with `tokenizer`,
+// chats rendered with its chat template first. Limits that depend on the
+// engine's configuration (context length, n and logprobs caps, token ids
+// within the vocabulary) are left to Engine::Submit.
 absl::StatusOr<engine::GenerationRequest> ToGenerationRequest(const v1::GenerateRequest& request,
                                                               const std::string& model_name,
                                                               const tokenizer::Tokenizer& tokenizer,
@@ -43,12 +46,13 @@ void ToProtoLogprob(const engine::TokenLogprob& logprob, const tokenizer::Tokeni
                     v1::TokenLogprob* out);
 
 // One streamed message for `event`, which must not be an abort or error
-// event.
+// event. A final event's usage carries its token counts and KV bytes.
 v1::GenerateResponse ToGenerateResponse(const engine::StreamEvent& event,
                                         const tokenizer::Tokenizer& tokenizer,
                                         const std::string& request_id);
 
-// Collects the events of one request into a CompleteResponse.
+// Collects the events of one request into a CompleteResponse. Its usage
+// sums completion tokens and KV bytes over the choices.
 class CompleteAccumulator {
  public:
   // `tokenizer` is not owned and must outlive this object. `n` is the

@@ -281,3 +281,50 @@ def test_concurrent_streams_each_get_their_own_output(pb, inference):
         t.join()
     assert not errors
     assert results == [want.choices[0].text] * 4
+
+
+# About 14 tokens; repeated to a prompt of ~420, long enough that the policy has
+# blocks outside its protected sink and recent window to shrink.
+KV_SENTENCE = "The quick brown fox jumps over the lazy dog near the quiet river. "
+
+
+def kv_request(pb, policy="attention-guided", ratio=0.25):
+    return greedy(pb, max_tokens=8, ignore_eos=True, prompt=KV_SENTENCE * 30,
+                  kv_compression=pb.KvCompression(policy=policy, ratio=ratio))
+
+
+def test_kv_compression_shrinks_the_cache_and_usage_reports_it(pb, inference, server):
+    r = inference.Complete(kv_request(pb), timeout=300)
+    u = r.usage
+    assert 350 <= u.prompt_tokens <= 500, u.prompt_tokens
+    assert u.completion_tokens == 8
+    assert 0 < u.kv_bytes < u.kv_bytes_uncompressed
+    assert u.kv_compression_ratio < 0.6
+    assert u.kv_compression_ratio == pytest.approx(u.kv_bytes / u.kv_bytes_uncompressed)
+
+    finals = [m for m in inference.Generate(kv_request(pb), timeout=300)
+              if m.finish_reason != pb.FINISH_REASON_UNSPECIFIED]
+    assert len(finals) == 1
+    s = finals[0].usage
+    assert s.prompt_tokens == u.prompt_tokens
+    assert 0 < s.kv_bytes < s.kv_bytes_uncompressed and s.kv_compression_ratio < 0.6
+
+    # The server default (policy none) keeps the same prompt's cache whole.
+    plain = kv_request(pb)
+    plain.ClearField("kv_compression")
+    p = inference.Complete(plain, timeout=300).usage
+    assert p.kv_bytes_uncompressed >= u.kv_bytes_uncompressed > 0
+    assert p.kv_bytes == p.kv_bytes_uncompressed and p.kv_compression_ratio == 1.0
+    assert wait_idle(server) == (0, 0)
+
+
+def test_bad_kv_compression_is_invalid_argument(pb, inference):
+    for req, field in ((kv_request(pb, policy="lru"), "kv_compression.policy"),
+                       (kv_request(pb, ratio=1.5), "kv_compression.ratio"),
+                       (kv_request(pb, ratio=-0.25), "kv_compression.ratio")):
+        for call in (lambda: inference.Complete(req, timeout=30),
+                     lambda: list(inference.Generate(req, timeout=30))):
+            with pytest.raises(grpc.RpcError) as err:
+                call()
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert field in err.value.details()
