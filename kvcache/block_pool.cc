@@ -26,10 +26,10 @@ absl::StatusOr<std::unique_ptr<BlockPool>> BlockPool::Create(const KvShape& shap
     return absl::InvalidArgumentError(absl::StrCat("block_tokens must be a positive multiple of ",
                                                    kKvSpanAlign, ", got ", block_tokens));
   }
-  // Values are quantized in groups of min(32, head_dim) channels.
-  if (shape.head_dim > 32 && shape.head_dim % 32 != 0) {
+  // Values are quantized in channel groups of at most 64 (kv_quant.h).
+  if (shape.head_dim > 64 && shape.head_dim % 8 != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "head_dim ", shape.head_dim, " above 32 must be a multiple of 32 for KV quantization"));
+        "head_dim ", shape.head_dim, " above 64 must be a multiple of 8 for KV quantization"));
   }
   const size_t per_block = BytesPerBlock(shape, block_tokens);
   const size_t fit = pool_bytes / per_block;

@@ -18,9 +18,20 @@ constexpr float kF16Max = 65504.0f;
 // Adding and subtracting 1.5 * 2^23 rounds a float in [0, 2^22) to the
 // nearest integer, ties to even: what cvtps2dq does under the default MXCSR.
 constexpr float kRoundMagic = 12582912.0f;
-constexpr int kMaxGroup = 32;
+constexpr int kMaxGroup = 64;
 
-int GroupSize(int head_dim) { return std::min(kMaxGroup, head_dim); }
+// Value groups: 64 channels at 8 and 4 bits, where the scale overhead is
+// what keeps int4 from fitting a 1/4 budget and wider groups measured no
+// worse (WikiText-2 perplexity, docs/compression.md); 32 at 2 bits, where
+// the coarser step makes narrow groups pay off. Smaller powers of two for
+// head dims they do not divide; a head_dim below 8 is one group.
+int GroupSize(int head_dim, KvTier tier) {
+  for (int g : {64, 32, 16, 8}) {
+    if (g == 64 && tier == KvTier::kInt2) continue;
+    if (head_dim % g == 0) return g;
+  }
+  return head_dim;
+}
 
 // The f16 params of one group and the reciprocal scale codes are computed
 // with. Shared by every instruction set, so all write the same bytes.
@@ -509,8 +520,8 @@ KvQuantLayout MakeKvQuantLayout(const KvShape& shape, int block_tokens, KvTier t
   KV_CHECK(shape.n_kv_heads > 0 && shape.head_dim > 0);
   KvQuantLayout L;
   L.bits = KvTierBits(tier);
-  L.group = GroupSize(shape.head_dim);
-  KV_CHECK_MSG(shape.head_dim % L.group == 0, "head_dim must be a multiple of min(32, head_dim)");
+  L.group = GroupSize(shape.head_dim, tier);
+  KV_CHECK_MSG(L.group <= kMaxGroup, "head_dim above 64 must be a multiple of 8");
   const int D = shape.head_dim;
   // head_dim * bits must fill whole bytes for per-token V runs.
   KV_CHECK_MSG(D * L.bits % 8 == 0, "head_dim * bits must be a multiple of 8");

@@ -11,7 +11,9 @@
 //   - K: each channel's bt values (only the first n_valid tokens count
 //     towards its range) form one group;
 //   - V: each token's head_dim channels of a head split into groups of
-//     g = min(32, head_dim) consecutive channels.
+//     g consecutive channels: 64 at int8/int4 and 32 at int2 when head_dim
+//     is a multiple, else the largest of 32, 16, 8 that divides it (a
+//     head_dim below 8: one group).
 // Each group is quantized asymmetrically: scale = (max - min) / (2^bits - 1)
 // rounded to f16, min stored exactly as f16, code = round((x - min) / scale)
 // clamped to [0, 2^bits - 1], and x' = min + code * scale (f32 arithmetic,
@@ -64,7 +66,7 @@ struct KvQuantLayout {
 
 // The layout of a quantized tier (kInt8/kInt4/kInt2). Aborts on any other
 // tier, on block_tokens not a positive multiple of 16, or on a head_dim that
-// is not positive or not a multiple of its group size min(32, head_dim).
+// is not positive, or above 64 and not a multiple of 8.
 KvQuantLayout MakeKvQuantLayout(const KvShape& shape, int block_tokens, KvTier tier);
 
 // Bytes of one (block, layer) unit at tier t: kF16 = 2 * 2 * bt * row_width;

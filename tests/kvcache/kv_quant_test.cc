@@ -20,7 +20,15 @@ constexpr KvTier kQuantTiers[] = {KvTier::kInt8, KvTier::kInt4, KvTier::kInt2};
 constexpr KvQuantIsa kVectorIsas[] = {KvQuantIsa::kAvx2, KvQuantIsa::kAvx512};
 
 int Qmax(KvTier t) { return (1 << KvTierBits(t)) - 1; }
-int Group(int head_dim) { return std::min(32, head_dim); }
+// The documented value group: 64 (not at int2), 32, 16 or 8 channels, the
+// first that divides head_dim; else head_dim itself.
+int Group(int head_dim, KvTier tier) {
+  for (int g : {64, 32, 16, 8}) {
+    if (g == 64 && tier == KvTier::kInt2) continue;
+    if (head_dim % g == 0) return g;
+  }
+  return head_dim;
+}
 
 // One f16 unit: k [row_width][bt], v [bt][row_width].
 struct Unit {
@@ -85,7 +93,7 @@ struct ErrorStats {
 // group bounds, and accumulates squared errors.
 void CheckErrors(Unit& in, Unit& out, KvTier tier, int n_valid, ErrorStats* stats) {
   const KvShape& s = in.shape;
-  const int qmax = Qmax(tier), g = Group(s.head_dim);
+  const int qmax = Qmax(tier), g = Group(s.head_dim, tier);
   for (int c = 0; c < s.row_width(); ++c) {
     float lo = INFINITY, hi = -INFINITY;
     for (int j = 0; j < n_valid; ++j) {
@@ -128,9 +136,9 @@ TEST(KvQuantTest, UnitBytes) {
   const KvShape smol{30, 3, 64};
   EXPECT_EQ(KvUnitBytes(smol, 16, KvTier::kF16), 12288u);
   // Per head: K codes 64 * 16 * b / 8, K params 64 * 4, V codes the same as
-  // K, V params 16 tokens * 2 groups * 4.
-  EXPECT_EQ(KvUnitBytes(smol, 16, KvTier::kInt8), 7296u);  // 3 * 2432
-  EXPECT_EQ(KvUnitBytes(smol, 16, KvTier::kInt4), 4224u);  // 3 * 1408
+  // K, V params 16 tokens * (1 group of 64, or 2 of 32 at int2) * 4.
+  EXPECT_EQ(KvUnitBytes(smol, 16, KvTier::kInt8), 7104u);  // 3 * 2368
+  EXPECT_EQ(KvUnitBytes(smol, 16, KvTier::kInt4), 4032u);  // 3 * 1344
   EXPECT_EQ(KvUnitBytes(smol, 16, KvTier::kInt2), 2688u);  // 3 * 896
   EXPECT_EQ(KvUnitBytes(smol, 16, KvTier::kEvicted), 0u);
 
@@ -153,19 +161,22 @@ TEST(KvQuantTest, UnitBytes) {
 TEST(KvQuantTest, LayoutOffsets) {
   const KvQuantLayout l = MakeKvQuantLayout({1, 3, 64}, 16, KvTier::kInt4);
   EXPECT_EQ(l.bits, 4);
-  EXPECT_EQ(l.group, 32);
+  EXPECT_EQ(l.group, 64);
   EXPECT_EQ(l.k_code_bytes, 8);
   EXPECT_EQ(l.v_code_bytes, 32);
   EXPECT_EQ(l.k_params_offset, 512u);
   EXPECT_EQ(l.v_codes_offset, 768u);
   EXPECT_EQ(l.v_params_offset, 1280u);
-  EXPECT_EQ(l.head_bytes, 1408u);
-  EXPECT_EQ(l.unit_bytes, 4224u);
+  EXPECT_EQ(l.head_bytes, 1344u);
+  EXPECT_EQ(l.unit_bytes, 4032u);
+  EXPECT_EQ(MakeKvQuantLayout({1, 3, 64}, 16, KvTier::kInt2).group, 32);
+  EXPECT_EQ(MakeKvQuantLayout({1, 1, 96}, 16, KvTier::kInt4).group, 32);
+  EXPECT_EQ(MakeKvQuantLayout({1, 1, 40}, 16, KvTier::kInt4).group, 8);
   EXPECT_EQ(MakeKvQuantLayout({1, 1, 8}, 32, KvTier::kInt2).group, 8);
 }
 
 TEST(KvQuantDeathTest, RejectsBadShapes) {
-  EXPECT_DEATH(MakeKvQuantLayout({1, 2, 40}, 16, KvTier::kInt8), "multiple of min");
+  EXPECT_DEATH(MakeKvQuantLayout({1, 2, 68}, 16, KvTier::kInt8), "multiple of 8");
   EXPECT_DEATH(MakeKvQuantLayout({1, 2, 64}, 24, KvTier::kInt8), "multiple of 16");
   EXPECT_DEATH(MakeKvQuantLayout({1, 2, 64}, 16, KvTier::kF16), "quantized tier");
 }
@@ -174,7 +185,7 @@ TEST(KvQuantDeathTest, RejectsBadShapes) {
 // independently of the library's code.
 void DecodeAsDocumented(const KvShape& s, int bt, KvTier tier, const std::vector<uint8_t>& q,
                         Unit* out) {
-  const int b = KvTierBits(tier), D = s.head_dim, g = Group(D);
+  const int b = KvTierBits(tier), D = s.head_dim, g = Group(D, tier);
   const size_t head_bytes =
       2 * static_cast<size_t>(D) * bt * b / 8 + 4 * D + 4 * static_cast<size_t>(bt) * (D / g);
   auto code = [&](size_t run, int e) {
@@ -265,7 +276,7 @@ Unit NastyUnit(const KvShape& shape, int bt, uint32_t seed) {
   }
   u.K(1, 3) = 0x7C00;                                             // +inf
   u.K(1, 4) = 0xFC00;                                             // -inf
-  for (int c = 0; c < std::min(rw, 32); ++c) u.V(1, c) = 0x3C00;  // constant 1.0 group
+  for (int c = 0; c < std::min(rw, 64); ++c) u.V(1, c) = 0x3C00;  // constant 1.0 groups
   return u;
 }
 
@@ -311,7 +322,7 @@ TEST_P(KvQuantShapeTest, NastyInputsDecodeFinite) {
   // Constant groups are exact; the +-65504 channel keeps its ends within
   // the bound.
   for (int j = 0; j < n_valid; ++j) EXPECT_EQ(out.K(0, j), Fp32ToFp16(0.75f)) << j;
-  for (int c = 0; c < std::min(shape().row_width(), 32); ++c) EXPECT_EQ(out.V(1, c), 0x3C00);
+  for (int c = 0; c < std::min(shape().row_width(), 64); ++c) EXPECT_EQ(out.V(1, c), 0x3C00);
   if (shape().row_width() > 2) {
     for (int j = 0; j < n_valid; ++j) {
       const float x = Fp16ToFp32(in.K(2, j)), y = Fp16ToFp32(out.K(2, j));
