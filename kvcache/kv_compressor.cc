@@ -148,9 +148,9 @@ bool KvCompressor::Reclaim(int blocks) {
       tightened = true;
       if (cache_->pool().n_free() >= blocks) break;
     }
+    if (!tightened) break;
     ++counters_.reclaim_rounds;
     ok = cache_->pool().n_free() >= blocks;
-    if (!tightened) break;
   }
   counters_.policy_seconds += Seconds(t0);
   return ok;

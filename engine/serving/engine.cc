@@ -302,6 +302,13 @@ class EngineImpl {
       for (const Sequence* s : d.preempted) want += kv_->NumBlocks(s->id);
       compressor_->Reclaim(want);
       d = scheduler_->Schedule(running_, waiting_, *kv_, limits);
+      // What compression freed goes to the running sequences; admitting new
+      // ones into it now would only bring the pressure straight back.
+      for (Sequence* s : d.admitted) {
+        d.chunks.erase(std::find_if(d.chunks.begin(), d.chunks.end(),
+                                    [s](const ScheduledChunk& c) { return c.seq == s; }));
+      }
+      d.admitted.clear();
     }
     // Apply the decision: preemptions free blocks first, then reservations.
     for (Sequence* s : d.preempted) {

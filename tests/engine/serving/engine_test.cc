@@ -3,14 +3,15 @@
 // cancellation around them, and every KV block comes back.
 #include "engine/serving/engine.h"
 
+#include <optional>
 #include <thread>
 
 #include "engine/model/llama_model.h"
 #include "engine/model/sampler.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "gtest/gtest.h"
-#include "kvcache/contiguous_kv_cache.h"
 #include "kvcache/block_pool.h"
+#include "kvcache/contiguous_kv_cache.h"
 #include "tests/engine/model/tiny_model.h"
 
 namespace kvserve::engine {
@@ -80,6 +81,7 @@ class EngineTest : public ::testing::Test {
     std::vector<std::vector<int32_t>> tokens;
     std::vector<FinishReason> finish;
     std::vector<std::string> text;
+    std::vector<int64_t> kv_bytes, kv_bytes_uncompressed;  // from final events
   };
 
   static Collected Drain(RequestHandle& h, int n) {
@@ -87,13 +89,19 @@ class EngineTest : public ::testing::Test {
     c.tokens.resize(n);
     c.finish.assign(n, FinishReason::kNone);
     c.text.resize(n);
+    c.kv_bytes.assign(n, -1);
+    c.kv_bytes_uncompressed.assign(n, -1);
     while (!h.Done()) {
       auto e = h.Next(absl::Seconds(30));
       if (!e) continue;
       auto& toks = c.tokens[e->choice];
       toks.insert(toks.end(), e->tokens.begin(), e->tokens.end());
       c.text[e->choice] += e->text;
-      if (e->finish != FinishReason::kNone) c.finish[e->choice] = e->finish;
+      if (e->finish != FinishReason::kNone) {
+        c.finish[e->choice] = e->finish;
+        c.kv_bytes[e->choice] = e->kv_bytes;
+        c.kv_bytes_uncompressed[e->choice] = e->kv_bytes_uncompressed;
+      }
     }
     return c;
   }
@@ -147,7 +155,8 @@ TEST_F(EngineTest, PreemptionUnderPressureKeepsResultsAndFreesBlocks) {
   const auto& mc = model_->config();
   EngineConfig cfg;
   // Room for 12 blocks of 16 tokens: two or three of these requests at once.
-  cfg.kv_cache_bytes = kvcache::BlockPool::BytesPerBlock({mc.n_layers, mc.n_kv_head, mc.head_dim}, 16) * 12;
+  cfg.kv_cache_bytes =
+      kvcache::BlockPool::BytesPerBlock({mc.n_layers, mc.n_kv_head, mc.head_dim}, 16) * 12;
   cfg.max_batch_tokens = 64;
   std::vector<std::vector<int32_t>> want;
   for (int i = 0; i < 6; ++i) want.push_back(Reference(Prompt(50, i), 30));
@@ -230,6 +239,108 @@ TEST_F(EngineTest, RejectsWhatCanNeverRunAndAFullQueue) {
   EXPECT_EQ(e->Submit(r).status().code(), absl::StatusCode::kInvalidArgument);
   e->Shutdown();
   EXPECT_EQ(e->Submit(Greedy(Prompt(8, 1), 4)).status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST_F(EngineTest, KvCompressionPerRequestIsValidatedAppliedAndReported) {
+  EngineConfig cfg;
+  cfg.kv_compressor.policy.recent_tokens = 16;
+  auto e = MakeEngine(cfg);
+  GenerationRequest r = Greedy(Prompt(200, 1), 8);
+  r.kv_compression = kvcache::KvCompressionSpec{"lru", 0.5};
+  EXPECT_EQ(e->Submit(r).status().code(), absl::StatusCode::kInvalidArgument);
+  r.kv_compression = kvcache::KvCompressionSpec{"h2o", 1.5};
+  EXPECT_EQ(e->Submit(r).status().code(), absl::StatusCode::kInvalidArgument);
+
+  // Uncompressed by default: stored bytes equal the f16 size.
+  Collected plain = Drain(**e->Submit(Greedy(Prompt(200, 1), 8)), 1);
+  EXPECT_GT(plain.kv_bytes[0], 0);
+  EXPECT_EQ(plain.kv_bytes[0], plain.kv_bytes_uncompressed[0]);
+  // Half the bytes asked, quantization only: the cache shrinks, the answer
+  // stays complete.
+  r.kv_compression = kvcache::KvCompressionSpec{"quant-uniform", 0.5};
+  Collected q = Drain(**e->Submit(r), 1);
+  EXPECT_EQ(q.finish[0], FinishReason::kLength);
+  EXPECT_EQ(q.kv_bytes_uncompressed[0], plain.kv_bytes_uncompressed[0]);
+  EXPECT_LT(q.kv_bytes[0], q.kv_bytes_uncompressed[0] * 6 / 10);
+  // Only the policy given: the ratio is the server default's (1), so an
+  // eviction policy has nothing to do.
+  r.kv_compression = kvcache::KvCompressionSpec{"h2o", 0};
+  Collected h = Drain(**e->Submit(r), 1);
+  EXPECT_EQ(h.kv_bytes[0], h.kv_bytes_uncompressed[0]);
+  WaitIdle(*e);
+  const EngineStats st = e->Stats();
+  EXPECT_GT(st.kv_moved_to[kvcache::TierIndex(kvcache::KvTier::kInt4)] +
+                st.kv_moved_to[kvcache::TierIndex(kvcache::KvTier::kInt2)],
+            0);
+  EXPECT_EQ(st.kv_blocks_free, st.kv_blocks_total);
+  for (int t = 0; t < kvcache::kNumKvTiers; ++t) EXPECT_EQ(st.kv_tier_units[t], 0);
+}
+
+TEST_F(EngineTest, UnderPressureCompressionComesBeforePreemption) {
+  const auto& mc = model_->config();
+  auto run = [&](const std::string& policy) {
+    EngineConfig cfg;
+    cfg.kv_cache_bytes =
+        kvcache::BlockPool::BytesPerBlock({mc.n_layers, mc.n_kv_head, mc.head_dim}, 16) * 16;
+    cfg.max_batch_tokens = 64;
+    // Ratio 1: nothing is compressed until memory runs short.
+    cfg.kv_compression = {policy, 1.0};
+    cfg.kv_compressor.policy.recent_tokens = 16;
+    auto e = MakeEngine(cfg);
+    std::vector<std::shared_ptr<RequestHandle>> hs;
+    for (int i = 0; i < 6; ++i) hs.push_back(*e->Submit(Greedy(Prompt(90, i), 30)));
+    for (auto& h : hs) {
+      Collected c = Drain(*h, 1);
+      EXPECT_EQ(c.finish[0], FinishReason::kLength);
+      EXPECT_EQ(c.tokens[0].size(), 30u);
+    }
+    WaitIdle(*e);
+    EXPECT_EQ(e->Stats().kv_blocks_free, e->Stats().kv_blocks_total);
+    return e->Stats();
+  };
+  const EngineStats none = run("none");
+  EXPECT_GT(none.preemptions, 0);
+  EXPECT_EQ(none.kv_reclaim_rounds, 0);
+  const EngineStats guided = run("attention-guided");
+  EXPECT_GT(guided.kv_reclaim_rounds, 0);
+  EXPECT_GT(guided.kv_moved_to[kvcache::TierIndex(kvcache::KvTier::kEvicted)], 0);
+}
+
+TEST_F(EngineTest, CompressionAdmitsMoreConcurrentSequences) {
+  const auto& mc = model_->config();
+  // Room for two of these sequences uncompressed (2 x 19 blocks).
+  auto run = [&](std::optional<kvcache::KvCompressionSpec> spec) {
+    EngineConfig cfg;
+    cfg.kv_cache_bytes =
+        kvcache::BlockPool::BytesPerBlock({mc.n_layers, mc.n_kv_head, mc.head_dim}, 16) * 40;
+    cfg.max_batch_tokens = 128;
+    cfg.kv_compressor.policy.recent_tokens = 16;
+    auto e = MakeEngine(cfg);
+    std::vector<std::shared_ptr<RequestHandle>> hs;
+    for (int i = 0; i < 6; ++i) {
+      GenerationRequest r = Greedy(Prompt(240, i), 60);
+      r.kv_compression = spec;
+      hs.push_back(*e->Submit(r));
+    }
+    // Sample the running count while draining every request's events.
+    int peak = 0;
+    for (bool done = false; !done;) {
+      peak = std::max(peak, e->Stats().running);
+      done = true;
+      for (auto& h : hs) {
+        while (h->Next(absl::ZeroDuration())) {
+        }
+        done = done && h->Done();
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    WaitIdle(*e);
+    return peak;
+  };
+  const int plain = run(std::nullopt);
+  const int compressed = run(kvcache::KvCompressionSpec{"attention-guided", 0.125});
+  EXPECT_GT(compressed, plain) << "peak running: " << plain << " uncompressed, " << compressed
+                               << " at ratio 1/8";
 }
 
 }  // namespace
