@@ -69,12 +69,13 @@ struct PolicyOptions {
   // attention-guided: the fraction of a block's value lost in each tier.
   // Each in [0, 1], non-decreasing, distortion[kF16] = 0 and
   // distortion[kEvicted] = 1.
-  std::array<float, kNumKvTiers> distortion = {0.f, 0.01f, 0.08f, 0.35f, 1.f};
+  // Defaults chosen on WikiText-2 perplexity (docs/compression.md).
+  std::array<float, kNumKvTiers> distortion = {0.f, 0.005f, 0.05f, 0.25f, 1.f};
   // attention-guided: every movable block's score is raised by score_floor
   // times the layer's mean score. Attention is query-dependent: a block
   // that gets little attention from the queries seen so far still matters
   // to later ones, so no block's value is ever taken as (near) zero. >= 0.
-  float score_floor = 0.f;
+  float score_floor = 2.f;
   // quant-uniform: the preferred tier, one of kInt8, kInt4, kInt2. When it
   // misses the budget the policy tries each lower quantized tier in turn,
   // ending at kInt2.

@@ -592,7 +592,8 @@ TEST(CompressionPolicyTest, AttentionGuidedMatchesBruteForceOnSmallInstances) {
   std::mt19937 rng(2024);
   int compared = 0;
   for (int iter = 0; iter < 3000; ++iter) {
-    const RandomCase r = MakeOptimisationCase(rng, 6);
+    RandomCase r = MakeOptimisationCase(rng, 6);
+    r.options.score_floor = 0;  // the solver against the raw objective
     const double best = BruteForceBest(r.options, r.c);
     if (best < 0) continue;  // protected blocks miss the budget
     auto p = Make("attention-guided", r.options);
@@ -645,6 +646,7 @@ TEST(CompressionPolicyTest, AttentionGuidedNearOptimumOnMidSizeInstances) {
       for (int t = kNumKvTiers - 2; t >= 0; --t) c.costs[t] = v += 1 + rng() % 20;
     }
     c.budget = rng() % (c.current.size() * c.costs[0] + 1);
+    r.options.score_floor = 0;  // the solver against the raw objective
     const double best = DpBest(r.options, c);
     if (best <= 0) continue;
     auto p = Make("attention-guided", r.options);
