@@ -345,7 +345,11 @@ class EngineImpl {
         compressor_->AddSequence(s->id, s->kv_spec);
         s->kv_tracked = true;
       }
-      ran_.push_back(s->id);
+      // A prompt is assessed once all of it is in: its last rows (in QA,
+      // the question) are then the observation window that decides what
+      // the document keeps, as in SnapKV. Until then only memory pressure
+      // (Reclaim) compresses it.
+      if (s->num_computed + ch.n_tokens >= s->prompt_len) ran_.push_back(s->id);
       // Rows whose attention feeds the scores: every decode row, and the
       // last `window` rows of a prefill chunk (the observation window).
       const bool observed = compressor_->Compresses(s->id);
