@@ -50,22 +50,15 @@ TEST(ServerConfigTest, DefaultKvCacheIsAQuarterOfMemoryAtMostTwoGiB) {
 
 TEST(ServerConfigTest, FlagsSetEveryOptionInEitherSpelling) {
   ServerConfigBuilder b = WithModel();
-  for (auto [name, value] :
-       std::vector<std::pair<const char*, const char*>>{{"model-name", "smol"},
-                                                        {"host", "0.0.0.0"},
-                                                        {"port", "9000"},
-                                                        {"grpc_port", "9001"},
-                                                        {"threads", "2"},
-                                                        {"log_level", "debug"},
-                                                        {"kv-cache-bytes", "1GiB"},
-                                                        {"max_running", "7"},
-                                                        {"max-waiting", "9"},
-                                                        {"max-batch-tokens", "64"},
-                                                        {"max_context", "1024"},
-                                                        {"max-n", "3"},
-                                                        {"max-logprobs", "4"},
-                                                        {"block-tokens", "32"},
-                                                        {"scheduler", "fcfs"}}) {
+  for (auto [name, value] : std::vector<std::pair<const char*, const char*>>{
+           {"model-name", "smol"},         {"host", "0.0.0.0"},     {"port", "9000"},
+           {"grpc_port", "9001"},          {"threads", "2"},        {"log_level", "debug"},
+           {"kv-cache-bytes", "1GiB"},     {"max_running", "7"},    {"max-waiting", "9"},
+           {"max-batch-tokens", "64"},     {"max_context", "1024"}, {"max-n", "3"},
+           {"max-logprobs", "4"},          {"block-tokens", "32"},  {"scheduler", "fcfs"},
+           {"kv-policy", "h2o"},           {"kv_ratio", "0.25"},    {"kv-sink-blocks", "2"},
+           {"kv-recent-tokens", "128"},    {"kv-alpha", "0.75"},    {"kv-ema-decay", "0.5"},
+           {"kv-observation-window", "8"}, {"kv-beta", "0.25"},     {"kv-min-ratio", "0.0625"}}) {
     ASSERT_TRUE(b.Set(name, value).ok()) << name;
   }
   auto c = b.Build();
@@ -84,6 +77,15 @@ TEST(ServerConfigTest, FlagsSetEveryOptionInEitherSpelling) {
   EXPECT_EQ(c->engine.max_n, 3);
   EXPECT_EQ(c->engine.max_logprobs, 4);
   EXPECT_EQ(c->engine.block_tokens, 32);
+  EXPECT_EQ(c->engine.kv_compression.policy, "h2o");
+  EXPECT_EQ(c->engine.kv_compression.ratio, 0.25);
+  EXPECT_EQ(c->engine.kv_compressor.policy.sink_blocks, 2);
+  EXPECT_EQ(c->engine.kv_compressor.policy.recent_tokens, 128);
+  EXPECT_EQ(c->engine.kv_compressor.policy.alpha, 0.75f);
+  EXPECT_EQ(c->engine.kv_compressor.ema_decay, 0.5f);
+  EXPECT_EQ(c->engine.kv_compressor.observation_window, 8);
+  EXPECT_EQ(c->engine.kv_compressor.beta, 0.25f);
+  EXPECT_EQ(c->engine.kv_compressor.min_ratio, 0.0625);
 }
 
 TEST(ServerConfigTest, EveryOptionIsListedForHelp) {
@@ -138,6 +140,16 @@ TEST(ServerConfigTest, RejectsEachBadFieldByName) {
       {"max-logprobs", "-1", "max_logprobs"},
       {"block-tokens", "24", "block_tokens"},
       {"scheduler", "", "scheduler"},
+      {"kv-policy", "lru", "kv_policy"},
+      {"kv-ratio", "0", "kv_ratio"},
+      {"kv-ratio", "1.5", "kv_ratio"},
+      {"kv-sink-blocks", "-1", "kv_sink_blocks"},
+      {"kv-recent-tokens", "-16", "kv_recent_tokens"},
+      {"kv-alpha", "2", "kv_alpha"},
+      {"kv-ema-decay", "1", "kv_ema_decay"},
+      {"kv-observation-window", "0", "kv_observation_window"},
+      {"kv-beta", "1", "kv_beta"},
+      {"kv-min-ratio", "0", "kv_min_ratio"},
   };
   for (const auto& tc : cases) {
     ServerConfigBuilder b = WithModel();
