@@ -113,6 +113,12 @@ int RunServe(const std::vector<std::string>& args) {
       static_cast<double>(cfg.engine.kv_cache_bytes) / (1 << 20), cfg.engine.block_tokens,
       cfg.engine.max_running, cfg.engine.max_waiting, cfg.engine.max_batch_tokens, max_context,
       cfg.engine.max_n, cfg.engine.max_logprobs, cfg.engine.scheduler);
+  spdlog::info(
+      "KV compression: default policy {} at ratio {}, sink blocks {}, recent tokens {}, "
+      "alpha {}, beta {}",
+      cfg.engine.kv_compression.policy, cfg.engine.kv_compression.ratio,
+      cfg.engine.kv_compressor.policy.sink_blocks, cfg.engine.kv_compressor.policy.recent_tokens,
+      cfg.engine.kv_compressor.policy.alpha, cfg.engine.kv_compressor.beta);
 
   HttpServerOptions http_options;
   http_options.host = cfg.host;
