@@ -340,9 +340,13 @@ absl::Status ServerConfigBuilder::ApplyJson(std::string_view json_text, std::str
                v.get<double>() == std::floor(v.get<double>()) &&
                std::fabs(v.get<double>()) < 9e18) {
       text = std::to_string(static_cast<int64_t>(v.get<double>()));
+    } else if (v.is_number_float() && std::isfinite(v.get<double>())) {
+      text = v.dump();  // shortest round-trip form, e.g. 0.25; integer options reject it
+    } else if (v.is_boolean()) {
+      text = v.get<bool>() ? "true" : "false";
     } else {
-      return absl::InvalidArgumentError(
-          absl::StrCat(key, ": expected a string or an integer in ", where, ", got ", v.dump()));
+      return absl::InvalidArgumentError(absl::StrCat(
+          key, ": expected a string, a number or a boolean in ", where, ", got ", v.dump()));
     }
     absl::Status s = Set(key, text);
     if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat(s.message(), " (in ", where, ")"));

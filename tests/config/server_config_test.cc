@@ -186,7 +186,8 @@ TEST(ServerConfigTest, JsonFileThenFlagsOverride) {
   const std::string path = ::testing::TempDir() + "/kvserve_config_test.json";
   std::ofstream(path) << R"({"model": ")" << FakeModel() << R"(", "port": 9100,
       "kv_cache_bytes": "512MiB", "max-running": 4, "model_name": "from-file",
-      "max_context": 2048.0})";
+      "max_context": 2048.0, "kv_policy": "h2o", "kv_ratio": 0.25,
+      "debug_check_invariants": true})";
   ServerConfigBuilder b;
   ASSERT_TRUE(b.ApplyFile(path).ok());
   ASSERT_TRUE(b.Set("port", "9200").ok());  // a flag given after the file wins
@@ -197,6 +198,9 @@ TEST(ServerConfigTest, JsonFileThenFlagsOverride) {
   EXPECT_EQ(c->engine.max_running, 4);
   EXPECT_EQ(c->engine.max_context, 2048);
   EXPECT_EQ(c->model_name, "from-file");
+  EXPECT_EQ(c->engine.kv_compression.policy, "h2o");
+  EXPECT_EQ(c->engine.kv_compression.ratio, 0.25);
+  EXPECT_TRUE(c->engine.check_invariants);
   std::remove(path.c_str());
 }
 
@@ -206,9 +210,10 @@ TEST(ServerConfigTest, JsonErrorsNameTheKeyAndTheSource) {
     const char* message_prefix;
   } cases[] = {
       {R"({"prot": 8080})", "prot: unknown option"},
-      {R"({"port": true})", "port: expected a string or an integer"},
-      {R"({"port": [1]})", "port: expected a string or an integer"},
-      {R"({"port": 1.5})", "port: expected a string or an integer"},
+      {R"({"port": true})", "port: expected an integer"},
+      {R"({"port": [1]})", "port: expected a string, a number or a boolean"},
+      {R"({"port": 1.5})", "port: expected an integer"},
+      {R"({"kv_ratio": {}})", "kv_ratio: expected a string, a number or a boolean"},
       {R"({"port": "x"})", "port: expected an integer"},
       {R"({"max_n": 2, "max-n": 3})", "max_n: set twice"},
       {R"([1, 2])", "config: cfg.json must hold a JSON object"},
