@@ -17,6 +17,8 @@ KVSERVE_APT_PACKAGES=(
   libabsl-dev libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev
   protobuf-compiler libspdlog-dev nlohmann-json3-dev prometheus-cpp-dev
   libcpp-httplib-dev libgtest-dev libgmock-dev libbenchmark-dev
+  # promtool, for the Prometheus rule checks and unit tests (tests/deploy).
+  prometheus
 )
 
 kv_log() { printf '[%s] %s\n' "${KV_LOG_TAG:-setup}" "$*" >&2; }

@@ -55,8 +55,8 @@ pytest_rc=0
 pytest_summary="skipped: no tests/blackbox/test_*.py"
 if [[ -d tests/blackbox ]] &&
   [[ -n $(find tests/blackbox -name 'test_*.py' -print -quit) ]]; then
-  kv_log "pytest tests/blackbox tests/bench"
-  "$(kv_venv_dir)/bin/python" -m pytest -q tests/blackbox tests/bench 2>&1 |
+  kv_log "pytest tests/blackbox tests/bench tests/deploy"
+  "$(kv_venv_dir)/bin/python" -m pytest -q tests/blackbox tests/bench tests/deploy 2>&1 |
     tee "$log_dir/pytest.log" || pytest_rc=$?
   pytest_summary="exit $pytest_rc"
   if ((pytest_rc == 5)); then
