@@ -152,6 +152,9 @@ class EngineImpl {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (stopping_) return absl::UnavailableError("the server is shutting down");
+      if (draining_.load()) {
+        return absl::UnavailableError("the server is draining; retry on another replica");
+      }
       if (queued_ >= config_.max_waiting) {
         ++rejected_;
         return absl::ResourceExhaustedError(absl::StrCat("the server's queue is full (",
@@ -162,6 +165,7 @@ class EngineImpl {
       inbox_.push_back(state);
       ++queued_;
       ++submitted_;
+      ++in_flight_;
     }
     cv_.notify_one();
     return std::static_pointer_cast<RequestHandle>(state);
@@ -172,7 +176,33 @@ class EngineImpl {
     return stats_;
   }
 
-  bool Ready() const { return ready_.load(); }
+  bool Ready() const { return ready_.load() && !draining_.load(); }
+
+  void Drain() {
+    // Under mu_ so that no Submit that saw draining_ false is still between
+    // its check and its push once Drain returns.
+    std::lock_guard<std::mutex> lock(mu_);
+    draining_.store(true);
+  }
+
+  int InFlight() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return in_flight_;
+  }
+
+  bool WaitIdle(absl::Duration timeout) const {
+    std::unique_lock<std::mutex> lock(mu_);
+    auto idle = [&] { return in_flight_ == 0; };
+    if (timeout == absl::InfiniteDuration()) {
+      idle_cv_.wait(lock, idle);
+      return true;
+    }
+    // wait_for adds the timeout to now(); a century keeps that from
+    // overflowing and is forever for a server.
+    const absl::Duration bounded =
+        std::clamp(timeout, absl::ZeroDuration(), absl::Hours(24 * 365 * 100));
+    return idle_cv_.wait_for(lock, absl::ToChronoNanoseconds(bounded), idle);
+  }
 
   void Shutdown() {
     {
@@ -216,12 +246,15 @@ class EngineImpl {
       if (config_.check_invariants) CheckInvariants();
       PublishStats();
     }
-    // Shutdown: everything in flight ends as aborted.
+    // Shutdown: everything in flight ends as aborted. Requests still in
+    // the inbox are admitted first so that each of their choices gets its
+    // final event too.
+    std::vector<std::shared_ptr<RequestState>> incoming;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      for (auto& r : inbox_) requests_.push_back(r);
-      inbox_.clear();
+      incoming.swap(inbox_);
     }
+    for (auto& r : incoming) Admit(std::move(r));
     for (auto& r : requests_) r->cancelled.store(true);
     HandleCancellations();
     PublishStats();
@@ -288,7 +321,17 @@ class EngineImpl {
                                      return true;
                                    }),
                     requests_.end());
-    requests_finished_ += static_cast<int64_t>(before - requests_.size());
+    const int finished = static_cast<int>(before - requests_.size());
+    requests_finished_ += finished;
+    if (finished > 0) {
+      bool idle;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        in_flight_ -= finished;
+        idle = in_flight_ == 0;
+      }
+      if (idle) idle_cv_.notify_all();
+    }
   }
 
   void Step() {
@@ -584,12 +627,18 @@ class EngineImpl {
   // Shared with front-end threads.
   mutable std::mutex mu_;
   std::condition_variable cv_;
+  // Signalled when in_flight_ drops to 0.
+  mutable std::condition_variable idle_cv_;
   std::vector<std::shared_ptr<RequestState>> inbox_;  // guarded by mu_
   bool stopping_ = false;                             // guarded by mu_
-  int queued_ = 0;                                    // guarded by mu_
-  uint64_t next_arrival_ = 0;                         // guarded by mu_
-  int64_t submitted_ = 0, rejected_ = 0;              // guarded by mu_
-  EngineStats stats_;                                 // guarded by mu_
+  // Submitted (in inbox_ or requests_) and not yet reaped.
+  int in_flight_ = 0;  // guarded by mu_
+  // Written under mu_; atomic so that Ready() need not lock.
+  std::atomic<bool> draining_{false};
+  int queued_ = 0;                        // guarded by mu_
+  uint64_t next_arrival_ = 0;             // guarded by mu_
+  int64_t submitted_ = 0, rejected_ = 0;  // guarded by mu_
+  EngineStats stats_;                     // guarded by mu_
   std::atomic<bool> ready_{false};
   std::thread thread_;
 };
@@ -622,6 +671,9 @@ absl::StatusOr<std::shared_ptr<RequestHandle>> Engine::Submit(GenerationRequest 
 EngineStats Engine::Stats() const { return impl_->Stats(); }
 bool Engine::Ready() const { return impl_->Ready(); }
 const EngineConfig& Engine::config() const { return impl_->config(); }
+void Engine::Drain() { impl_->Drain(); }
+int Engine::InFlight() const { return impl_->InFlight(); }
+bool Engine::WaitIdle(absl::Duration timeout) const { return impl_->WaitIdle(timeout); }
 void Engine::Shutdown() { impl_->Shutdown(); }
 
 }  // namespace kvserve::engine

@@ -5,7 +5,13 @@
 // queue into the engine) and the RequestHandle each request gets back (a
 // thread-safe queue out of it).
 //
-// Thread-safety: every public method may be called from any thread.
+// Thread-safety: every public method may be called from any thread, except
+// that WaitIdle must not be called from the engine thread (an EngineObserver
+// callback): it would wait on the thread it blocks.
+//
+// Lifecycle: running -> (Drain) draining -> (Shutdown) stopped. Draining
+// refuses new requests but lets the ones already submitted, queued or
+// running, finish normally; Shutdown aborts whatever is still in flight.
 #pragma once
 
 #include <atomic>
@@ -59,17 +65,33 @@ class Engine {
   // Queues a request. InvalidArgument when it can never run (empty prompt,
   // prompt + max_tokens beyond max_context, n or logprobs over the caps, a
   // token id outside the vocabulary); ResourceExhausted when max_waiting
-  // requests are already queued; Unavailable after Shutdown.
+  // requests are already queued; Unavailable after Drain ("the server is
+  // draining; retry on another replica") or Shutdown.
   absl::StatusOr<std::shared_ptr<RequestHandle>> Submit(GenerationRequest request);
 
   // A consistent snapshot of counters and gauges.
   EngineStats Stats() const;
-  // True once the engine thread has completed a step or idles ready.
+  // True once the engine thread has completed a step or idles ready, and
+  // until Drain or Shutdown.
   bool Ready() const;
   const EngineConfig& config() const;
 
+  // Stops accepting requests (Submit returns Unavailable, Ready turns
+  // false) while the requests in flight go on to finish as usual. Returns at
+  // once; idempotent.
+  void Drain();
+
+  // Requests submitted and not yet finished (every choice's final event
+  // pushed), queued ones included.
+  int InFlight() const;
+
+  // Blocks until InFlight() is 0 or `timeout` passes (a zero timeout only
+  // polls; absl::InfiniteDuration() waits for good). True if idle. Only
+  // meaningful after Drain: otherwise new requests may arrive at any time.
+  bool WaitIdle(absl::Duration timeout) const;
+
   // Stops accepting requests, aborts the ones in flight and joins the
-  // engine thread. Idempotent.
+  // engine thread. Idempotent; may follow Drain.
   void Shutdown();
 
  private:

@@ -3,9 +3,12 @@
 // cancellation around them, and every KV block comes back.
 #include "engine/serving/engine.h"
 
+#include <condition_variable>
+#include <mutex>
 #include <optional>
 #include <thread>
 
+#include "absl/cleanup/cleanup.h"
 #include "engine/model/llama_model.h"
 #include "engine/model/sampler.h"
 #include "engine/tokenizer/tokenizer.h"
@@ -341,6 +344,98 @@ TEST_F(EngineTest, CompressionAdmitsMoreConcurrentSequences) {
   const int compressed = run(kvcache::KvCompressionSpec{"attention-guided", 0.125});
   EXPECT_GT(compressed, plain) << "peak running: " << plain << " uncompressed, " << compressed
                                << " at ratio 1/8";
+}
+
+// Holds the engine thread inside a step while closed, so that a request is
+// certainly still running whatever the machine's speed.
+class StepGate : public EngineObserver {
+ public:
+  void OnChoiceFinished(const RequestTimings&) override {}
+  void OnStep(int, double) override {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return open_; });
+  }
+  void Set(bool open) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      open_ = open;
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool open_ = true;
+};
+
+TEST_F(EngineTest, DrainFinishesWhatWasSubmittedAndRefusesTheRest) {
+  const auto want_a = Reference(Prompt(20, 1), 24);
+  const auto want_b = Reference(Prompt(30, 2), 16);
+  StepGate gate;
+  gate.Set(false);  // both requests are still in flight when Drain comes
+  EngineConfig cfg;
+  cfg.max_running = 1;  // b waits in the queue while a runs
+  cfg.check_invariants = true;
+  auto created = Engine::Create(cfg, model_.get(), tok_.get(), &gate);
+  ASSERT_TRUE(created.ok()) << created.status();
+  std::unique_ptr<Engine> e = std::move(*created);
+  // Opens the gate before `e` is destroyed, even after a failed assertion.
+  absl::Cleanup open_gate = [&] { gate.Set(true); };
+  auto a = e->Submit(Greedy(Prompt(20, 1), 24));
+  auto b = e->Submit(Greedy(Prompt(30, 2), 16));
+  ASSERT_TRUE(a.ok() && b.ok());
+  e->Drain();
+  e->Drain();  // idempotent
+  EXPECT_FALSE(e->Ready());
+  EXPECT_EQ(e->InFlight(), 2);
+  auto late = e->Submit(Greedy(Prompt(8, 3), 4));
+  EXPECT_EQ(late.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(late.status().message(), "the server is draining; retry on another replica");
+  EXPECT_FALSE(e->WaitIdle(absl::Milliseconds(1)));
+  gate.Set(true);
+  ASSERT_TRUE(e->WaitIdle(absl::Seconds(60)));
+  EXPECT_EQ(e->InFlight(), 0);
+  Collected ca = Drain(**a, 1), cb = Drain(**b, 1);
+  EXPECT_EQ(ca.tokens[0], want_a);
+  EXPECT_EQ(ca.finish[0], FinishReason::kLength);
+  EXPECT_EQ(cb.tokens[0], want_b);
+  EXPECT_EQ(cb.finish[0], FinishReason::kLength);
+  EXPECT_FALSE(e->Ready());  // draining stays until shutdown
+  e->Shutdown();
+  EXPECT_FALSE(e->Ready());
+}
+
+TEST_F(EngineTest, WaitIdleTimesOutOnALongRequestThatShutdownThenAborts) {
+  StepGate gate;
+  EngineConfig cfg;
+  cfg.check_invariants = true;
+  auto created = Engine::Create(cfg, model_.get(), tok_.get(), &gate);
+  ASSERT_TRUE(created.ok()) << created.status();
+  std::unique_ptr<Engine> e = std::move(*created);
+  // Opens the gate before `e` is destroyed, even after a failed assertion.
+  absl::Cleanup open_gate = [&] { gate.Set(true); };
+  EXPECT_TRUE(e->WaitIdle(absl::ZeroDuration()));  // nothing submitted yet
+  auto h = e->Submit(Greedy(Prompt(30, 2), 400));
+  ASSERT_TRUE(h.ok());
+  ASSERT_TRUE((*h)->Next(absl::Seconds(30)).has_value());
+  gate.Set(false);  // the engine stops within a step, hundreds of tokens short
+  e->Drain();
+  EXPECT_FALSE(e->WaitIdle(absl::Milliseconds(20)));
+  EXPECT_EQ(e->InFlight(), 1);
+  // Shutdown joins the engine thread, so it runs beside the test; the gate
+  // opens only once Submit shows that the shutdown has begun.
+  std::thread stopper([&] { e->Shutdown(); });
+  while (e->Submit(Greedy(Prompt(8, 3), 4)).status().message() != "the server is shutting down") {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  gate.Set(true);
+  stopper.join();
+  Collected c = Drain(**h, 1);
+  EXPECT_EQ(c.finish[0], FinishReason::kAbort);
+  EXPECT_LT(c.tokens[0].size(), 399u);
+  EXPECT_TRUE(e->WaitIdle(absl::ZeroDuration()));
+  EXPECT_EQ(e->InFlight(), 0);
 }
 
 }  // namespace
