@@ -122,6 +122,11 @@ const std::vector<OptionSpec>& Specs() {
                  IntField(&ServerConfig::threads)});
     s.push_back({{"log-level", "LEVEL", "info", "trace, debug, info, warn, error, critical, off"},
                  StringField(&ServerConfig::log_level)});
+    s.push_back({{"drain-timeout", "SECONDS", "30",
+                  "on SIGTERM/SIGINT, /ready and new requests get 503 while running and queued "
+                  "requests get this long to finish; the rest then end with an error and the "
+                  "server exits 0 (0 = do not wait)"},
+                 NumberAt<double>([](ServerConfig* c) { return &c->drain_timeout_s; })});
     s.push_back({{"kv-cache-bytes", "SIZE", "min(25% of memory, 2GiB)",
                   "paged KV cache size: bytes or with a unit (512MiB, 2GiB, 1.5G, 4GB)"},
                  [](ServerConfig* c, std::string_view name, std::string_view v) -> absl::Status {
@@ -406,6 +411,10 @@ absl::StatusOr<ServerConfig> ValidateServerConfig(ServerConfig c) {
     return absl::InvalidArgumentError(
         absl::StrCat("log_level: '", c.log_level,
                      "' is not one of trace, debug, info, warn, error, critical, off"));
+  }
+  if (c.drain_timeout_s < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("drain_timeout: must be >= 0 seconds, got ", c.drain_timeout_s));
   }
   auto engine = engine::ValidateEngineConfig(c.engine);
   if (!engine.ok()) return engine.status();

@@ -32,6 +32,9 @@ struct ServerConfig {
   int grpc_port = 50051;  // 0 disables the gRPC server
   int threads = 0;        // forward-pass threads; 0 = all cores
   std::string log_level = "info";
+  // On SIGTERM/SIGINT, how long requests in flight may take to finish
+  // before they are aborted; 0 aborts them at once. Option drain-timeout.
+  double drain_timeout_s = 30;
   engine::EngineConfig engine;
 };
 
@@ -84,7 +87,7 @@ class ServerConfigBuilder {
 
 // Checks a complete candidate: the model file is readable, port in
 // 1..65535, grpc_port in 0..65535 and different, threads in 0..1024, a known log level, a non-empty
-// model name, and the engine part via engine::ValidateEngineConfig.
+// model name, drain_timeout >= 0, and the engine part via engine::ValidateEngineConfig.
 absl::StatusOr<ServerConfig> ValidateServerConfig(ServerConfig candidate);
 
 }  // namespace kvserve::config

@@ -40,6 +40,7 @@ TEST(ServerConfigTest, DefaultsWithAReadableModel) {
   EXPECT_EQ(c->log_level, "info");
   EXPECT_EQ(c->engine.kv_cache_bytes, DefaultKvCacheBytes());
   EXPECT_EQ(c->engine.max_context, 0);
+  EXPECT_EQ(c->drain_timeout_s, 30);
 }
 
 TEST(ServerConfigTest, DefaultKvCacheIsAQuarterOfMemoryAtMostTwoGiB) {
@@ -58,7 +59,8 @@ TEST(ServerConfigTest, FlagsSetEveryOptionInEitherSpelling) {
            {"max-logprobs", "4"},          {"block-tokens", "32"},  {"scheduler", "fcfs"},
            {"kv-policy", "h2o"},           {"kv_ratio", "0.25"},    {"kv-sink-blocks", "2"},
            {"kv-recent-tokens", "128"},    {"kv-alpha", "0.75"},    {"kv-ema-decay", "0.5"},
-           {"kv-observation-window", "8"}, {"kv-beta", "0.25"},     {"kv-min-ratio", "0.0625"}}) {
+           {"kv-observation-window", "8"}, {"kv-beta", "0.25"},     {"kv-min-ratio", "0.0625"},
+           {"drain_timeout", "2.5"}}) {
     ASSERT_TRUE(b.Set(name, value).ok()) << name;
   }
   auto c = b.Build();
@@ -86,6 +88,7 @@ TEST(ServerConfigTest, FlagsSetEveryOptionInEitherSpelling) {
   EXPECT_EQ(c->engine.kv_compressor.observation_window, 8);
   EXPECT_EQ(c->engine.kv_compressor.beta, 0.25f);
   EXPECT_EQ(c->engine.kv_compressor.min_ratio, 0.0625);
+  EXPECT_EQ(c->drain_timeout_s, 2.5);
 }
 
 TEST(ServerConfigTest, EveryOptionIsListedForHelp) {
@@ -94,9 +97,10 @@ TEST(ServerConfigTest, EveryOptionIsListedForHelp) {
     names.push_back(o.name);
     EXPECT_FALSE(o.help.empty()) << o.name;
   }
-  for (const char* expected : {"model", "model-name", "host", "port", "grpc-port", "threads",
-                               "log-level", "kv-cache-bytes", "max-running", "max-waiting",
-                               "max-batch-tokens", "max-context", "max-n", "max-logprobs"}) {
+  for (const char* expected :
+       {"model", "model-name", "host", "port", "grpc-port", "threads", "log-level",
+        "kv-cache-bytes", "max-running", "max-waiting", "max-batch-tokens", "max-context", "max-n",
+        "max-logprobs", "drain-timeout"}) {
     EXPECT_THAT(names, ::testing::Contains(expected));
   }
 }
@@ -150,6 +154,8 @@ TEST(ServerConfigTest, RejectsEachBadFieldByName) {
       {"kv-observation-window", "0", "kv_observation_window"},
       {"kv-beta", "1", "kv_beta"},
       {"kv-min-ratio", "0", "kv_min_ratio"},
+      {"drain-timeout", "-1", "drain_timeout"},
+      {"drain-timeout", "-0.5", "drain_timeout"},
   };
   for (const auto& tc : cases) {
     ServerConfigBuilder b = WithModel();
@@ -187,7 +193,7 @@ TEST(ServerConfigTest, JsonFileThenFlagsOverride) {
   std::ofstream(path) << R"({"model": ")" << FakeModel() << R"(", "port": 9100,
       "kv_cache_bytes": "512MiB", "max-running": 4, "model_name": "from-file",
       "max_context": 2048.0, "kv_policy": "h2o", "kv_ratio": 0.25,
-      "debug_check_invariants": true})";
+      "debug_check_invariants": true, "drain_timeout": 0})";
   ServerConfigBuilder b;
   ASSERT_TRUE(b.ApplyFile(path).ok());
   ASSERT_TRUE(b.Set("port", "9200").ok());  // a flag given after the file wins
@@ -201,6 +207,7 @@ TEST(ServerConfigTest, JsonFileThenFlagsOverride) {
   EXPECT_EQ(c->engine.kv_compression.policy, "h2o");
   EXPECT_EQ(c->engine.kv_compression.ratio, 0.25);
   EXPECT_TRUE(c->engine.check_invariants);
+  EXPECT_EQ(c->drain_timeout_s, 0);  // 0 is valid: abort at once
   std::remove(path.c_str());
 }
 
@@ -215,6 +222,7 @@ TEST(ServerConfigTest, JsonErrorsNameTheKeyAndTheSource) {
       {R"({"port": 1.5})", "port: expected an integer"},
       {R"({"kv_ratio": {}})", "kv_ratio: expected a string, a number or a boolean"},
       {R"({"port": "x"})", "port: expected an integer"},
+      {R"({"drain_timeout": "soon"})", "drain_timeout: expected a number"},
       {R"({"max_n": 2, "max-n": 3})", "max_n: set twice"},
       {R"([1, 2])", "config: cfg.json must hold a JSON object"},
       {R"({"port": )", "config: cfg.json is not valid JSON"},
