@@ -207,13 +207,17 @@ class GrpcServerImpl final : public GrpcServer {
     }
     health_ = server_->GetHealthCheckService();
     SetHealth(false);
-    // Ready once the engine is: a watcher flips health to SERVING without
-    // holding up Start.
+    // Health follows the engine's readiness without holding up Start: a
+    // watcher flips it to SERVING once the engine is ready, and back to
+    // NOT_SERVING when the engine drains on SIGTERM, as /ready does.
     ready_watcher_ = std::thread([this] {
-      while (!engine_->Ready()) {
-        if (stop_watcher_.WaitForNotificationWithTimeout(absl::Milliseconds(10))) return;
-      }
-      SetHealth(true);
+      bool serving = false;
+      do {
+        if (const bool ready = engine_->Ready(); ready != serving) {
+          SetHealth(ready);
+          serving = ready;
+        }
+      } while (!stop_watcher_.WaitForNotificationWithTimeout(absl::Milliseconds(20)));
     });
     return absl::OkStatus();
   }

@@ -1,8 +1,10 @@
 // kvserve serve: loads the model, starts the engine and serves the OpenAI
 // HTTP API (with /metrics) and, unless --grpc-port 0, the gRPC API. SIGINT
-// or SIGTERM stops the gRPC server and the engine (requests in flight end
-// with an error), then the HTTP server, and the process exits 0; a second
-// signal exits at once.
+// or SIGTERM drains the server: /ready and gRPC health turn unready, new
+// requests get 503 / UNAVAILABLE, and the requests in flight get up to
+// --drain-timeout seconds to finish. Then the gRPC server and the engine
+// stop (what is left ends with an error), then the HTTP server, and the
+// process exits 0; a second signal exits at once with 1.
 #include <pthread.h>
 
 #include <csignal>
@@ -12,6 +14,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "config/server_config.h"
 #include "engine/serving/engine.h"
 #include "server/cli_common.h"
@@ -32,7 +35,8 @@ constexpr char kSummary[] =
     "Options come from --config FILE, a JSON object whose keys are the flag names\n"
     "below (with '-' or '_'), e.g. {\"model\": \"m.gguf\", \"kv_cache_bytes\": \"2GiB\"};\n"
     "flags given on the command line override the file. Invalid settings stop the\n"
-    "server at start-up with exit code 2. SIGINT/SIGTERM shut down cleanly (exit 0).";
+    "server at start-up with exit code 2. SIGINT/SIGTERM drain the server (see\n"
+    "--drain-timeout) and exit 0; a second signal exits at once with code 1.";
 
 int UsageError(const std::string& message) {
   std::fprintf(stderr, "kvserve serve: %s\n", message.c_str());
@@ -152,17 +156,27 @@ int RunServe(const std::vector<std::string>& args) {
 
   int sig = 0;
   sigwait(&stop_signals, &sig);
-  spdlog::info("{}: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
   // A second signal means "now": do not wait for the orderly shutdown.
   std::thread([stop_signals] {
     int again = 0;
     sigwait(&stop_signals, &again);
     std::_Exit(1);
   }).detach();
-  // Ending the engine first makes every request in flight end with an
+  // Draining turns /ready (and so the load balancer) away from this server
+  // and answers new requests with 503 while those in flight finish.
+  (*engine)->Drain();
+  spdlog::info("{}: draining {} request(s) in flight for up to {} s",
+               sig == SIGINT ? "SIGINT" : "SIGTERM", (*engine)->InFlight(), cfg.drain_timeout_s);
+  if ((*engine)->WaitIdle(absl::Seconds(cfg.drain_timeout_s))) {
+    spdlog::info("drained; shutting down");
+  } else {
+    spdlog::warn("drain timeout of {} s reached with {} request(s) still in flight; aborting them",
+                 cfg.drain_timeout_s, (*engine)->InFlight());
+  }
+  // Ending the engine makes every request still in flight end with an
   // error its client can read (503, or an SSE error event and [DONE]) and
-  // lets its handler return; requests arriving meanwhile get 503. Then the
-  // HTTP server stops and waits for its handlers.
+  // lets its handler return. Then the HTTP server stops and waits for its
+  // handlers, which includes the streams that finished while draining.
   if (grpc) grpc->Shutdown();
   (*engine)->Shutdown();
   (*http)->Shutdown();
