@@ -19,9 +19,13 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "engine/tokenizer/chat_template.h"
 #include "httplib.h"
+#include "server/dashboard_page.h"
 #include "server/openai_protocol.h"
+#include "server/stats_json.h"
 #include "server/status_mapping.h"
 #include "spdlog/spdlog.h"
 
@@ -61,6 +65,8 @@ const Route* FindRoute(const std::string& path) {
       {"/v1/completions", "POST"}, {"/v1/chat/completions", "POST"},
       {"/v1/models", "GET"},       {"/health", "GET"},
       {"/ready", "GET"},           {"/metrics", "GET"},
+      {"/v1/stats", "GET"},        {"/dashboard", "GET"},
+      {kChartJsRoute, "GET"},
   };
   static const Route kModel = {"/v1/models/{model}", "GET"};
   for (const Route& r : kRoutes) {
@@ -194,7 +200,8 @@ class HttpServer::Impl {
         engine_(engine),
         tok_(tokenizer),
         metrics_(metrics),
-        created_(static_cast<int64_t>(std::time(nullptr))) {
+        created_(static_cast<int64_t>(std::time(nullptr))),
+        started_(Clock::now()) {
     limits_.max_n = engine_->config().max_n;
     limits_.max_logprobs = engine_->config().max_logprobs;
     auto tmpl = tokenizer::ParseChatTemplate(tok_->chat_template());
@@ -208,6 +215,7 @@ class HttpServer::Impl {
   }
 
   absl::Status Bind() {
+    LoadDashboard();
     const engine::EngineConfig& ec = engine_->config();
     int threads = options_.worker_threads;
     if (threads <= 0) threads = std::min(1024, ec.max_running + ec.max_waiting + 16);
@@ -256,6 +264,30 @@ class HttpServer::Impl {
     http_.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
       res.set_content(metrics_->Render(engine_->Stats()), Metrics::kContentType);
     });
+    http_.Get("/v1/stats", [this](const httplib::Request&, httplib::Response& res) {
+      StatsContext context;
+      context.model_name = options_.model_name;
+      context.timestamp_s = absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch());
+      context.uptime_s = std::chrono::duration<double>(Clock::now() - started_).count();
+      SetJson(res, 200, StatsJson(engine_->Stats(), context));
+      res.set_header("Cache-Control", "no-store");
+    });
+    http_.Get("/dashboard", [this](const httplib::Request&, httplib::Response& res) {
+      res.set_content(dashboard_html_, "text/html; charset=utf-8");
+      res.set_header("Cache-Control", "no-cache");
+    });
+    http_.Get(kChartJsRoute, [this](const httplib::Request&, httplib::Response& res) {
+      if (chart_js_.empty()) {
+        SetError(res,
+                 absl::NotFoundError(
+                     "Chart.js is not installed on the server (Debian package libjs-chart.js)"));
+        return;
+      }
+      res.set_content(chart_js_, "text/javascript; charset=utf-8");
+      // The page asks for it with ?v=<content tag>, so a year-long cache is
+      // safe: a different file gets a different URL.
+      res.set_header("Cache-Control", "public, max-age=31536000, immutable");
+    });
     http_.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
       SetJson(res, 200, {{"object", "list"}, {"data", json::array({ModelJson()})}});
     });
@@ -296,6 +328,24 @@ class HttpServer::Impl {
   }
 
   int port() const { return port_; }
+
+  // Reads Chart.js and builds the dashboard page once; a missing Chart.js
+  // is logged here, once, and the page then shows tables only.
+  void LoadDashboard() {
+    const std::vector<std::string> paths = options_.chart_js_path.empty()
+                                               ? DefaultChartJsPaths()
+                                               : std::vector<std::string>{options_.chart_js_path};
+    absl::StatusOr<ChartJsFile> file = LoadChartJs(paths);
+    if (file.ok()) {
+      spdlog::debug("dashboard: Chart.js from {}", file->path);
+      chart_js_ = std::move(file->source);
+      dashboard_html_ = DashboardHtml(absl::StrCat(kChartJsRoute, "?v=", ContentTag(chart_js_)));
+    } else {
+      spdlog::warn("/dashboard will show tables without charts: {}",
+                   std::string(file.status().message()));
+      dashboard_html_ = DashboardHtml("");
+    }
+  }
 
   void Stop() { http_.stop(); }
 
@@ -341,7 +391,9 @@ class HttpServer::Impl {
     metrics_->RecordHttpRequest(route != nullptr ? route->label : "other", MethodLabel(req.method),
                                 status);
     const double latency = std::chrono::duration<double>(Clock::now() - info.start).count();
-    const bool probe = route != nullptr && !absl::StartsWith(route->label, "/v1/");
+    // Probes, scrapes and the dashboard's polling would flood the log.
+    const bool probe = route != nullptr && (!absl::StartsWith(route->label, "/v1/") ||
+                                            std::string_view(route->label) == "/v1/stats");
     const auto level = probe && status < 400 ? spdlog::level::debug : spdlog::level::info;
     std::string line =
         absl::StrCat(info.id.empty() ? "-" : info.id, " ", req.method, " ",
@@ -595,6 +647,9 @@ class HttpServer::Impl {
   const tokenizer::Tokenizer* const tok_;  // not owned
   Metrics* const metrics_;                 // not owned
   const int64_t created_;
+  const Clock::time_point started_;  // for /v1/stats uptime
+  std::string chart_js_;             // Chart.js source; empty when not found
+  std::string dashboard_html_;       // GET /dashboard, built once in Bind()
   ProtocolLimits limits_;
   tokenizer::ChatTemplateInfo chat_template_;
   absl::Status chat_template_error_;

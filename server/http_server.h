@@ -7,6 +7,9 @@
 //   GET  /health                 200 {"status":"ok"} while the process runs
 //   GET  /ready                  200 once the engine is ready, else 503
 //   GET  /metrics                Prometheus text format (metrics.h)
+//   GET  /v1/stats               a JSON snapshot of the engine (stats_json.h)
+//   GET  /dashboard              the built-in dashboard page (dashboard_page.h)
+//   GET  /dashboard/chart.js     the Chart.js file the page uses, 404 without it
 //
 // Every error is an OpenAI error body (status_mapping.h); unknown paths are
 // 404 and known paths with the wrong method 405, both as JSON. A request
@@ -44,6 +47,10 @@ struct HttpServerOptions {
   // max_running + max_waiting + 16 from the engine (at most 1024).
   int worker_threads = 0;
   size_t max_body_bytes = 32u << 20;  // larger bodies get 413
+  // Chart.js for /dashboard, read once at Start. Empty: the first of
+  // DefaultChartJsPaths() (Debian's libjs-chart.js) that exists. When none
+  // is found the server logs a warning and the page shows tables only.
+  std::string chart_js_path;
 };
 
 class HttpServer {

@@ -11,6 +11,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <future>
 #include <string>
 #include <thread>
@@ -55,6 +56,7 @@ class HttpServerTest : public ::testing::Test {
     o.port = 0;
     o.model_name = "tiny";
     o.max_context = kContext;
+    o.chart_js_path = chart_js_path_;
     auto s = HttpServer::Start(o, engine_.get(), tokenizer_, metrics_.get());
     ASSERT_TRUE(s.ok()) << s.status();
     server_ = std::move(*s);
@@ -106,6 +108,7 @@ class HttpServerTest : public ::testing::Test {
   std::unique_ptr<engine::Engine> engine_;
   std::unique_ptr<HttpServer> server_;
   std::unique_ptr<httplib::Client> client_;
+  std::string chart_js_path_;  // HttpServerOptions::chart_js_path for Start()
 };
 
 model::LlamaModel* HttpServerTest::model_ = nullptr;
@@ -370,6 +373,88 @@ TEST_F(HttpServerTest, MetricsEndpointCountsRequests) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   for (const std::string& w : want) EXPECT_THAT(body, HasSubstr(w));
+}
+
+TEST_F(HttpServerTest, StatsEndpointIsASnapshotOfTheEngine) {
+  Start();
+  auto r =
+      Post("/v1/completions", {{"prompt", {3, 4, 5}}, {"max_tokens", 3}, {"ignore_eos", true}});
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200);
+  // The engine publishes its counters after the step: poll until it has.
+  json stats;
+  for (int i = 0; i < 1000; ++i) {
+    r = client_->Get("/v1/stats");
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->status, 200);
+    EXPECT_EQ(r->get_header_value("Content-Type"), "application/json");
+    EXPECT_EQ(r->get_header_value("Cache-Control"), "no-store");
+    stats = json::parse(r->body);
+    if (stats["totals"]["generation_tokens"] == 3) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(stats["object"], "kvserve.stats");
+  EXPECT_EQ(stats["model"], "tiny");
+  EXPECT_GE(stats["uptime_seconds"].get<double>(), 0.0);
+  EXPECT_GT(stats["timestamp"].get<double>(), 1.6e9);
+  EXPECT_EQ(stats["kv_cache"]["capacity_bytes"], engine_->Stats().kv_bytes_total);
+  EXPECT_EQ(stats["totals"]["generation_tokens"], 3);
+  EXPECT_EQ(stats["totals"]["prompt_tokens"], 3);
+  EXPECT_EQ(stats["totals"]["requests_finished"], 1);
+  EXPECT_EQ(stats["tenants"], json::array());
+}
+
+// The page as served: no absolute URL (it must work offline), and the
+// charts' script either from this server or absent with a note.
+void ExpectOfflinePage(const httplib::Result& r) {
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200);
+  EXPECT_EQ(r->get_header_value("Content-Type"), "text/html; charset=utf-8");
+  EXPECT_THAT(r->body, HasSubstr("/v1/stats"));
+  EXPECT_EQ(r->body.find("http://"), std::string::npos);
+  EXPECT_EQ(r->body.find("https://"), std::string::npos);
+  EXPECT_EQ(r->body.find('@'), std::string::npos) << "a placeholder was left in the page";
+}
+
+TEST_F(HttpServerTest, DashboardServesChartJsFromTheConfiguredFile) {
+  chart_js_path_ = ::testing::TempDir() + "http_server_test_chart.js";
+  const std::string source = "window.Chart = function () {};\n";
+  std::ofstream(chart_js_path_) << source;
+  Start();
+  auto page = client_->Get("/dashboard");
+  ExpectOfflinePage(page);
+  const size_t at = page->body.find("<script src=\"/dashboard/chart.js?v=");
+  ASSERT_NE(at, std::string::npos) << page->body;
+  EXPECT_THAT(page->body, ::testing::Not(HasSubstr("<body class=\"nocharts\">")));
+  const size_t begin = page->body.find('/', at);
+  const std::string src = page->body.substr(begin, page->body.find('"', begin) - begin);
+  auto js = client_->Get(src.c_str());
+  ASSERT_TRUE(js);
+  EXPECT_EQ(js->status, 200);
+  EXPECT_EQ(js->body, source);
+  EXPECT_EQ(js->get_header_value("Content-Type"), "text/javascript; charset=utf-8");
+  EXPECT_THAT(js->get_header_value("Cache-Control"), HasSubstr("max-age=31536000"));
+  std::remove(chart_js_path_.c_str());
+}
+
+TEST_F(HttpServerTest, DashboardWithoutChartJsShowsTablesAndANote) {
+  chart_js_path_ = ::testing::TempDir() + "http_server_test_no_such_chart.js";
+  std::remove(chart_js_path_.c_str());
+  Start();
+  auto page = client_->Get("/dashboard");
+  ExpectOfflinePage(page);
+  EXPECT_THAT(page->body, HasSubstr("<body class=\"nocharts\">"));
+  EXPECT_THAT(page->body, HasSubstr("Charts need Chart.js"));
+  EXPECT_THAT(page->body, HasSubstr("libjs-chart.js"));
+  EXPECT_THAT(page->body, ::testing::Not(HasSubstr("<script src=")));
+  auto js = client_->Get("/dashboard/chart.js");
+  ASSERT_TRUE(js);
+  EXPECT_EQ(js->status, 404);
+  EXPECT_THAT(ErrorOf(js)["message"].get<std::string>(), HasSubstr("libjs-chart.js"));
+  // Read-only routes: POST is 405.
+  auto post = Post("/v1/stats", json::object());
+  ASSERT_TRUE(post);
+  EXPECT_EQ(post->status, 405);
 }
 
 // Opens a connection, sends `body` to /v1/completions, and returns the
