@@ -19,6 +19,8 @@ KVSERVE_APT_PACKAGES=(
   libcpp-httplib-dev libgtest-dev libgmock-dev libbenchmark-dev
   # promtool, for the Prometheus rule checks and unit tests (tests/deploy).
   prometheus
+  # Chart.js, which the server's built-in /dashboard serves (no CDN).
+  libjs-chart.js
 )
 
 kv_log() { printf '[%s] %s\n' "${KV_LOG_TAG:-setup}" "$*" >&2; }
