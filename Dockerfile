@@ -49,7 +49,7 @@ ENV DEBIAN_FRONTEND=noninteractive
 COPY --from=build /runtime-packages.txt /tmp/runtime-packages.txt
 RUN apt-get update \
  && xargs -a /tmp/runtime-packages.txt apt-get install -y --no-install-recommends \
-      ca-certificates curl \
+      ca-certificates curl libjs-chart.js \
  && rm -rf /var/lib/apt/lists/* /tmp/runtime-packages.txt
 
 RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/kvserve \

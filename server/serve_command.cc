@@ -29,8 +29,8 @@ namespace {
 
 constexpr char kSummary[] =
     "Serves the model over an OpenAI-compatible HTTP API (POST /v1/completions,\n"
-    "POST /v1/chat/completions, GET /v1/models, GET /health, GET /ready, GET /metrics)\n"
-    "and the gRPC API kvserve.v1.Inference.\n"
+    "POST /v1/chat/completions, GET /v1/models, GET /health, GET /ready, GET /metrics,\n"
+    "GET /v1/stats, GET /dashboard) and the gRPC API kvserve.v1.Inference.\n"
     "\n"
     "Options come from --config FILE, a JSON object whose keys are the flag names\n"
     "below (with '-' or '_'), e.g. {\"model\": \"m.gguf\", \"kv_cache_bytes\": \"2GiB\"};\n"
