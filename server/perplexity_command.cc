@@ -20,6 +20,8 @@ int RunPerplexity(const std::vector<std::string>& args) {
   cli.Flag("max-tokens", "N", "0", "use only the first N tokens of the file (0 = all)");
   cli.Flag("batch", "N", "512", "tokens per forward pass");
   AddKvCompressionFlags(&cli);
+  cli.Flag("block-tokens", "N", "16",
+           "positions per KV block of the compressed cache (a multiple of 16)");
   int code = 0;
   if (!ParseOrExit(&cli, args, &code)) return code;
   auto threads = cli.GetInt("threads", 0, 1024);
@@ -27,8 +29,9 @@ int RunPerplexity(const std::vector<std::string>& args) {
   auto max_tokens = cli.GetInt("max-tokens", 0, INT64_MAX);
   auto batch = cli.GetInt("batch", 1, 1 << 16);
   auto kv = ParseKvCompressionFlags(cli);
+  auto block_tokens = cli.GetInt("block-tokens", 16, 1 << 12);
   if (!AllFlagsValid("perplexity", {threads.status(), ctx.status(), max_tokens.status(),
-                                    batch.status(), kv.status()}))
+                                    batch.status(), kv.status(), block_tokens.status()}))
     return 2;
   const std::optional<kvcache::KvCompressionSpec>& spec = kv->spec;
   std::ifstream in(cli.Get("file"), std::ios::binary);
@@ -59,6 +62,7 @@ int RunPerplexity(const std::vector<std::string>& args) {
   opt.batch = static_cast<int>(*batch);
   opt.kv_compression = spec;
   opt.kv_compressor = kv->options;
+  opt.block_tokens = static_cast<int>(*block_tokens);
   opt.progress = [](int done, int total, double ppl) {
     std::fprintf(stderr, "[kvserve] chunk %d/%d: running perplexity %.4f\n", done, total, ppl);
   };

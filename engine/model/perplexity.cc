@@ -40,7 +40,7 @@ absl::StatusOr<PerplexityResult> ComputePerplexity(ModelRunner* runner,
   if (opt.kv_compression) {
     if (auto st = kvcache::ValidateCompressionSpec(*opt.kv_compression); !st.ok()) return st;
   }
-  constexpr int kBlockTokens = 16;
+  const int kBlockTokens = opt.block_tokens;
   for (int ch = 0; ch < n_chunks; ++ch) {
     kvcache::ContiguousKvCache contiguous(shape);
     std::unique_ptr<kvcache::PagedKvCache> paged;

@@ -45,6 +45,9 @@ struct PerplexityResult {
 struct PerplexityOptions {
   int ctx = 512;
   int batch = 512;
+  // Positions per KV block of the compressed cache (a multiple of 16); keys
+  // are quantized in groups of one block's positions.
+  int block_tokens = 16;
   std::optional<kvcache::KvCompressionSpec> kv_compression;
   kvcache::KvCompressorOptions kv_compressor;
   // Called after each chunk with (chunks done, chunks total, running ppl).
