@@ -21,6 +21,8 @@ KVSERVE_APT_PACKAGES=(
   prometheus
   # Chart.js, which the server's built-in /dashboard serves (no CDN).
   libjs-chart.js
+  # Headless Chromium, for the dashboard's browser test (tests/blackbox).
+  chromium
 )
 
 kv_log() { printf '[%s] %s\n' "${KV_LOG_TAG:-setup}" "$*" >&2; }
