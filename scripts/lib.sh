@@ -17,13 +17,19 @@ KVSERVE_APT_PACKAGES=(
   libabsl-dev libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev
   protobuf-compiler libspdlog-dev nlohmann-json3-dev prometheus-cpp-dev
   libcpp-httplib-dev libgtest-dev libgmock-dev libbenchmark-dev
-  # promtool, for the Prometheus rule checks and unit tests (tests/deploy).
-  prometheus
   # Chart.js, which the server's built-in /dashboard serves (no CDN).
   libjs-chart.js
+)
+# Only the test command needs these (scripts/test.sh adds them).
+KVSERVE_APT_TEST_PACKAGES=(
+  # promtool and the Prometheus server, for the rule checks and the live
+  # scrape test (tests/deploy).
+  prometheus
   # Headless Chromium, for the dashboard's browser test (tests/blackbox).
   chromium
 )
+# Extra packages kv_ensure_apt installs besides KVSERVE_APT_PACKAGES.
+KV_APT_EXTRA=()
 
 kv_log() { printf '[%s] %s\n' "${KV_LOG_TAG:-setup}" "$*" >&2; }
 kv_die() {
@@ -33,7 +39,7 @@ kv_die() {
 
 kv_venv_dir() { printf '%s\n' "${KVSERVE_VENV:-$HOME/.cache/kvserve/venv}"; }
 
-# Installs the packages of KVSERVE_APT_PACKAGES that dpkg does not report as
+# Installs the packages of KVSERVE_APT_PACKAGES (and KV_APT_EXTRA) that dpkg does not report as
 # installed; touches apt only when at least one is missing.
 kv_ensure_apt() {
   if ! command -v dpkg-query >/dev/null 2>&1; then
@@ -42,12 +48,13 @@ kv_ensure_apt() {
   fi
   local pkg status
   local -a missing=()
-  for pkg in "${KVSERVE_APT_PACKAGES[@]}"; do
+  local -a wanted=("${KVSERVE_APT_PACKAGES[@]}" "${KV_APT_EXTRA[@]}")
+  for pkg in "${wanted[@]}"; do
     status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
     [[ $status == "install ok installed" ]] || missing+=("$pkg")
   done
   if ((${#missing[@]} == 0)); then
-    kv_log "system packages: all ${#KVSERVE_APT_PACKAGES[@]} installed"
+    kv_log "system packages: all ${#wanted[@]} installed"
     return 0
   fi
   local -a sudo=()

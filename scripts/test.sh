@@ -10,6 +10,7 @@ set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+KV_APT_EXTRA=("${KVSERVE_APT_TEST_PACKAGES[@]}")
 kvserve_setup
 KV_LOG_TAG="test"
 
