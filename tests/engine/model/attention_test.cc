@@ -8,6 +8,7 @@
 
 #include "common/fp16.h"
 #include "gtest/gtest.h"
+#include "tests/engine/model/attention_test_util.h"
 
 namespace kvserve::model {
 namespace {
@@ -70,23 +71,8 @@ class SpannedKv : public kvcache::KvStore {
   std::map<std::pair<int, int>, std::vector<Block>> seqs_;
 };
 
-ModelConfig Config() {
-  ModelConfig c;
-  c.n_layers = 1;
-  c.n_head = 6;
-  c.n_kv_head = 2;
-  c.head_dim = 32;
-  c.n_embd = 192;
-  return c;
-}
-
-std::vector<float> Random(size_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> d;
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
-}
+ModelConfig Config() { return testing::SmallGqaConfig(); }
+std::vector<float> Random(size_t n, uint64_t seed) { return testing::RandomNormal(n, seed); }
 
 TEST(AttentionTest, MatchesReferenceAcrossSpansAndTiles) {
   const ModelConfig c = Config();
@@ -126,7 +112,8 @@ TEST(AttentionTest, MatchesReferenceAcrossSpansAndTiles) {
         for (auto& x : sc) sum += (x = std::exp(x - mx));
         for (int e = 0; e < c.head_dim; ++e) {
           double want = 0;
-          for (int t = 0; t <= pos[i]; ++t) want += sc[t] / sum * kv.V(seq[i], 0, t, g * c.head_dim + e);
+          for (int t = 0; t <= pos[i]; ++t)
+            want += sc[t] / sum * kv.V(seq[i], 0, t, g * c.head_dim + e);
           ASSERT_NEAR(out[i * q_w + h * c.head_dim + e], want, 2e-5)
               << "span " << span_len << " row " << i << " head " << h << " ch " << e;
         }

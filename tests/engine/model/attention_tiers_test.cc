@@ -14,29 +14,15 @@
 #include "gtest/gtest.h"
 #include "kvcache/kv_quant.h"
 #include "kvcache/paged_kv_cache.h"
+#include "tests/engine/model/attention_test_util.h"
 
 namespace kvserve::model {
 namespace {
 
 using kvcache::KvTier;
 
-ModelConfig Config() {
-  ModelConfig c;
-  c.n_layers = 1;
-  c.n_head = 6;
-  c.n_kv_head = 2;
-  c.head_dim = 32;
-  c.n_embd = 192;
-  return c;
-}
-
-std::vector<float> Random(size_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> d;
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
-}
+ModelConfig Config() { return testing::SmallGqaConfig(); }
+std::vector<float> Random(size_t n, uint64_t seed) { return testing::RandomNormal(n, seed); }
 
 class MassRecorder : public kvcache::AttentionMassSink {
  public:
