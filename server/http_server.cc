@@ -349,6 +349,15 @@ class HttpServer::Impl {
 
   void Stop() { http_.stop(); }
 
+  bool WaitResponsesWritten(absl::Duration timeout) {
+    const auto deadline = Clock::now() + absl::ToChronoNanoseconds(timeout);
+    while (in_flight_.load() > 0) {
+      if (Clock::now() >= deadline) return false;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return true;
+  }
+
   void Shutdown() {
     http_.stop();
     if (listener_.joinable()) listener_.join();
@@ -356,6 +365,7 @@ class HttpServer::Impl {
 
  private:
   httplib::Server::HandlerResponse PreRoute(const httplib::Request& req, httplib::Response& res) {
+    in_flight_.fetch_add(1);  // until the access log runs, when the response is done
     t_info = RequestInfo{};
     const Route* route = FindRoute(req.path);
     if (route == nullptr) {
@@ -384,6 +394,7 @@ class HttpServer::Impl {
   }
 
   void LogRequest(const httplib::Request& req, const httplib::Response& res) {
+    in_flight_.fetch_sub(1);
     RequestInfo info = std::move(t_info);
     t_info = RequestInfo{};
     const int status = info.status_override != 0 ? info.status_override : res.status;
@@ -656,6 +667,7 @@ class HttpServer::Impl {
   BacklogServer http_;
   int port_ = 0;
   std::thread listener_;
+  std::atomic<int> in_flight_{0};  // requests routed whose response is not yet done
 };
 
 absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOptions& options,
@@ -674,6 +686,9 @@ HttpServer::HttpServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 HttpServer::~HttpServer() { Shutdown(); }
 int HttpServer::port() const { return impl_->port(); }
 void HttpServer::Stop() { impl_->Stop(); }
+bool HttpServer::WaitResponsesWritten(absl::Duration timeout) {
+  return impl_->WaitResponsesWritten(timeout);
+}
 void HttpServer::Shutdown() { impl_->Shutdown(); }
 
 }  // namespace kvserve::server

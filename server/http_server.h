@@ -30,6 +30,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "engine/serving/engine.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "server/metrics.h"
@@ -70,8 +71,13 @@ class HttpServer {
   // (shut the engine down to end them).
   void Stop();
   // Stop(), then waits for the requests in flight and the listener thread.
-  // Idempotent.
+  // Idempotent. Stopping cuts streamed responses short, so after the engine
+  // has ended every request, call WaitResponsesWritten first: their final
+  // events (an error event and [DONE]) then reach the clients.
   void Shutdown();
+  // Waits until every request routed so far has written its whole response
+  // (true), or the timeout passes (false).
+  bool WaitResponsesWritten(absl::Duration timeout);
 
   class Impl;
 

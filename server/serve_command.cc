@@ -174,11 +174,15 @@ int RunServe(const std::vector<std::string>& args) {
                  cfg.drain_timeout_s, (*engine)->InFlight());
   }
   // Ending the engine makes every request still in flight end with an
-  // error its client can read (503, or an SSE error event and [DONE]) and
-  // lets its handler return. Then the HTTP server stops and waits for its
-  // handlers, which includes the streams that finished while draining.
+  // error its client can read (503, or an SSE error event and [DONE]).
+  // Stopping the HTTP server cuts streamed responses short, so it waits
+  // first until every response has been written out (bounded: a client
+  // that stopped reading must not hold the exit).
   if (grpc) grpc->Shutdown();
   (*engine)->Shutdown();
+  if (!(*http)->WaitResponsesWritten(absl::Seconds(5))) {
+    spdlog::warn("some HTTP responses were still being written after 5 s; closing them");
+  }
   (*http)->Shutdown();
   spdlog::info("stopped");
   return 0;
