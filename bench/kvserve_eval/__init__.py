@@ -1,0 +1,1 @@
+"""kvserve-eval: evaluation of kvserve compression policies through the serving path (issue #5)."""
