@@ -37,7 +37,7 @@ void CheckInput(const LayerInput& in, const std::vector<KvTier>* out) {
       (static_cast<size_t>(in.length) + in.block_tokens - 1) / static_cast<size_t>(in.block_tokens);
   KV_CHECK_MSG(in.current.size() == n_blocks, "current.size() != ceil(length / block_tokens)");
   KV_CHECK_MSG(in.scores.size() <= n_blocks, "more scores than blocks");
-  const TierCosts& c = *in.costs;
+  const TierBytes& c = *in.costs;
   KV_CHECK_MSG(c[kEvictedIndex] == 0, "costs[kEvicted] must be 0");
   for (int t = 1; t < kEvictedIndex; ++t) {
     KV_CHECK_MSG(c[t] < c[t - 1] && c[t] > 0, "tier costs must decrease strictly to kEvicted");
@@ -283,7 +283,7 @@ class GuidedSolver {
   std::optional<Offer> BestOffer(int b, bool by_score, size_t max_bytes) const;
 
   const LayerInput& in_;
-  const TierCosts& cost_;
+  const TierBytes& cost_;
   const std::array<float, kNumKvTiers>& d_;
   size_t left_;                // bytes still free
   std::vector<double> score_;  // [n_blocks] C_b
@@ -497,6 +497,19 @@ std::vector<std::string_view> CompressionPolicyNames() {
   return {kNone, kStreaming, kH2o, kSnapKv, kQuantUniform, kAttentionGuided};
 }
 
+bool IsCompressionPolicy(std::string_view name) {
+  const std::vector<std::string_view> names = CompressionPolicyNames();
+  return std::find(names.begin(), names.end(), name) != names.end();
+}
+
+std::string CompressionPolicyNameList() {
+  std::string out;
+  for (std::string_view n : CompressionPolicyNames()) {
+    absl::StrAppend(&out, out.empty() ? "" : ", ", Sv(n));
+  }
+  return out;
+}
+
 absl::StatusOr<std::unique_ptr<CompressionPolicy>> MakeCompressionPolicy(
     std::string_view name, const PolicyOptions& options) {
   if (absl::Status s = ValidatePolicyOptions(options); !s.ok()) return s;
@@ -507,12 +520,8 @@ absl::StatusOr<std::unique_ptr<CompressionPolicy>> MakeCompressionPolicy(
   if (name == kSnapKv) return std::make_unique<RankedEvictionPolicy>(options, Stat::kLast, kSnapKv);
   if (name == kQuantUniform) return std::make_unique<QuantUniformPolicy>(options);
   if (name == kAttentionGuided) return std::make_unique<AttentionGuidedPolicy>(options);
-  std::string valid;
-  for (std::string_view n : CompressionPolicyNames()) {
-    absl::StrAppend(&valid, valid.empty() ? "" : ", ", Sv(n));
-  }
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown compression policy '", Sv(name), "'; valid names: ", valid));
+  return absl::InvalidArgumentError(absl::StrCat("unknown compression policy '", Sv(name),
+                                                 "'; valid names: ", CompressionPolicyNameList()));
 }
 
 bool IsProtectedBlock(const PolicyOptions& options, int length, int block_tokens, int block) {
@@ -526,7 +535,7 @@ bool IsProtectedBlock(const PolicyOptions& options, int length, int block_tokens
   return block == n_blocks - 1 && length % block_tokens != 0;
 }
 
-size_t AssignmentBytes(std::span<const KvTier> tiers, const TierCosts& costs) {
+size_t AssignmentBytes(std::span<const KvTier> tiers, const TierBytes& costs) {
   size_t bytes = 0;
   for (KvTier t : tiers) bytes += costs[TierIndex(t)];
   return bytes;

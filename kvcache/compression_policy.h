@@ -42,6 +42,7 @@
 #include <cstddef>
 #include <memory>
 #include <span>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -51,10 +52,6 @@
 #include "kvcache/kv_tier.h"
 
 namespace kvserve::kvcache {
-
-// Bytes of one (block, layer) unit in each tier, indexed by TierIndex.
-// Strictly decreasing over kF16..kInt2, and cost[kEvicted] = 0.
-using TierCosts = std::array<size_t, kNumKvTiers>;
 
 struct PolicyOptions {
   // The first sink_blocks blocks are always kept as they are (attention
@@ -93,9 +90,10 @@ struct LayerInput {
   // [<= n_blocks]; blocks past the end of the span count as unobserved
   // (a default BlockScore).
   std::span<const BlockScore> scores;
-  std::span<const KvTier> current;   // [n_blocks] each block's tier now
-  size_t budget_bytes = 0;           // for this layer's n_blocks units
-  const TierCosts* costs = nullptr;  // not owned, non-null during Assign
+  std::span<const KvTier> current;  // [n_blocks] each block's tier now
+  size_t budget_bytes = 0;          // for this layer's n_blocks units
+  // Not owned, non-null during Assign; strictly decreasing over f16..int2.
+  const TierBytes* costs = nullptr;
 };
 
 class CompressionPolicy {
@@ -121,6 +119,10 @@ absl::StatusOr<std::unique_ptr<CompressionPolicy>> MakeCompressionPolicy(
 
 // {"none", "streaming", "h2o", "snapkv", "quant-uniform", "attention-guided"}.
 std::vector<std::string_view> CompressionPolicyNames();
+// Whether `name` is one of CompressionPolicyNames().
+bool IsCompressionPolicy(std::string_view name);
+// CompressionPolicyNames() joined with ", ", for error messages.
+std::string CompressionPolicyNameList();
 
 // Whether block `block` of a sequence of `length` positions is protected
 // under `options` (see the file comment). 0 <= block < ceil(length /
@@ -128,6 +130,6 @@ std::vector<std::string_view> CompressionPolicyNames();
 bool IsProtectedBlock(const PolicyOptions& options, int length, int block_tokens, int block);
 
 // sum costs[tiers[b]]: the bytes an assignment occupies.
-size_t AssignmentBytes(std::span<const KvTier> tiers, const TierCosts& costs);
+size_t AssignmentBytes(std::span<const KvTier> tiers, const TierBytes& costs);
 
 }  // namespace kvserve::kvcache

@@ -13,35 +13,33 @@ double Seconds(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-std::string PolicyNameList() {
-  std::string out;
-  for (std::string_view n : CompressionPolicyNames()) {
-    if (!out.empty()) out += ", ";
-    out += n;
-  }
-  return out;
-}
-
 }  // namespace
 
 absl::Status ValidateCompressorOptions(const KvCompressorOptions& o) {
-  if (absl::Status st = ValidatePolicyOptions(o.policy); !st.ok()) return st;
-  if (!(o.ema_decay >= 0 && o.ema_decay < 1)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("kv ema_decay must be in [0, 1), got ", o.ema_decay));
+  // Named as the server's options (--kv-alpha is kv_alpha), so that a
+  // config error says which option to fix.
+  const struct {
+    const char* name;
+    bool ok;
+    const char* range;
+    double value;
+  } checks[] = {
+      {"kv_sink_blocks", o.policy.sink_blocks >= 0, ">= 0", double(o.policy.sink_blocks)},
+      {"kv_recent_tokens", o.policy.recent_tokens >= 0, ">= 0", double(o.policy.recent_tokens)},
+      {"kv_alpha", o.policy.alpha >= 0 && o.policy.alpha <= 1, "in [0, 1]", o.policy.alpha},
+      {"kv_ema_decay", o.ema_decay >= 0 && o.ema_decay < 1, "in [0, 1)", o.ema_decay},
+      {"kv_observation_window", o.observation_window >= 1, ">= 1", double(o.observation_window)},
+      {"kv_beta", o.beta > 0 && o.beta < 1, "in (0, 1)", o.beta},
+      {"kv_min_ratio", o.min_ratio > 0 && o.min_ratio <= 1, "in (0, 1]", o.min_ratio},
+  };
+  for (const auto& c : checks) {
+    if (!c.ok) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(c.name, ": must be ", c.range, ", got ", c.value));
+    }
   }
-  if (o.observation_window < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("kv observation_window must be >= 1, got ", o.observation_window));
-  }
-  if (!(o.beta > 0 && o.beta < 1)) {
-    return absl::InvalidArgumentError(absl::StrCat("kv beta must be in (0, 1), got ", o.beta));
-  }
-  if (!(o.min_ratio > 0 && o.min_ratio <= 1)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("kv min_ratio must be in (0, 1], got ", o.min_ratio));
-  }
-  return absl::OkStatus();
+  // The rest of the policy options (distortion, uniform tier, score floor).
+  return ValidatePolicyOptions(o.policy);
 }
 
 absl::StatusOr<std::unique_ptr<KvCompressor>> KvCompressor::Create(
@@ -65,11 +63,10 @@ KvCompressor::KvCompressor(
 }
 
 absl::Status ValidateCompressionSpec(const KvCompressionSpec& spec) {
-  const std::vector<std::string_view> names = CompressionPolicyNames();
-  if (std::find(names.begin(), names.end(), spec.policy) == names.end()) {
+  if (!IsCompressionPolicy(spec.policy)) {
     return absl::InvalidArgumentError(
         absl::StrCat("kv_compression.policy '", spec.policy,
-                     "' is unknown; valid policies: ", PolicyNameList()));
+                     "' is unknown; valid policies: ", CompressionPolicyNameList()));
   }
   if (!(spec.ratio > 0 && spec.ratio <= 1)) {
     return absl::InvalidArgumentError(
@@ -109,10 +106,9 @@ void KvCompressor::OnBlockMass(int seq, int layer, int block, double mass, doubl
   auto it = seqs_.find(seq);
   if (it == seqs_.end() || it->second.scores == nullptr) return;
   it->second.scores->Observe(layer, block, mass, n_queries);
-  if (observed_.empty() || observed_.back() != seq) {
-    if (std::find(observed_.begin(), observed_.end(), seq) == observed_.end()) {
-      observed_.push_back(seq);
-    }
+  if (!it->second.observed) {
+    it->second.observed = true;
+    observed_.push_back(seq);
   }
 }
 
@@ -120,7 +116,9 @@ void KvCompressor::EndStep(std::span<const int> ran) {
   const auto t0 = std::chrono::steady_clock::now();
   for (int seq : observed_) {
     auto it = seqs_.find(seq);
-    if (it != seqs_.end()) it->second.scores->EndStep();
+    if (it == seqs_.end()) continue;
+    it->second.scores->EndStep();
+    it->second.observed = false;
   }
   observed_.clear();
   bool any = false;
@@ -164,10 +162,11 @@ void KvCompressor::Assess(int seq, Tracked& t) {
   if (length == 0) return;
   const int bt = cache_->block_tokens();
   const int n_written = (length + bt - 1) / bt;
-  int n_protected = 0;
+  protected_.clear();
   for (int b = 0; b < n_written; ++b) {
-    n_protected += IsProtectedBlock(options_.policy, length, bt, b) ? 1 : 0;
+    if (IsProtectedBlock(options_.policy, length, bt, b)) protected_.push_back(b);
   }
+  const int n_protected = static_cast<int>(protected_.size());
   for (int l = 0; l < cache_->shape().n_layers; ++l) {
     cache_->Tiers(seq, l, &current_);
     // Reserved blocks past the written positions are not the policy's.
@@ -177,18 +176,14 @@ void KvCompressor::Assess(int seq, Tracked& t) {
     // whole sequence to the ratio would, while it is short, leave nothing
     // for the rest and evict its early blocks for good.
     size_t protected_bytes = 0;
-    for (int b = 0; b < n_written; ++b) {
-      if (IsProtectedBlock(options_.policy, length, bt, b)) {
-        protected_bytes += costs_[TierIndex(current_[b])];
-      }
-    }
+    for (int b : protected_) protected_bytes += costs_[TierIndex(current_[b])];
     const size_t budget =
         protected_bytes +
         static_cast<size_t>(t.ratio * static_cast<double>(n_written - n_protected) *
                             static_cast<double>(costs_[TierIndex(KvTier::kF16)]));
     LayerInput in;
     in.length = length;
-    in.block_tokens = cache_->block_tokens();
+    in.block_tokens = bt;
     in.scores = t.scores->layer(l);
     in.current = current_;
     in.budget_bytes = budget;

@@ -111,6 +111,7 @@ class KvCompressor : public AttentionMassSink {
     const CompressionPolicy* policy = nullptr;  // owned by policies_
     double ratio = 1.0;                         // effective
     int assessed_blocks = -1;                   // NumBlocks at the last assessment
+    bool observed = false;                      // listed in observed_
     std::unique_ptr<BlockScores> scores;
   };
 
@@ -123,10 +124,11 @@ class KvCompressor : public AttentionMassSink {
   const KvCompressorOptions options_;
   std::unordered_map<std::string, std::unique_ptr<CompressionPolicy>> policies_;
   std::unordered_map<int, Tracked> seqs_;
-  TierCosts costs_{};
+  TierBytes costs_{};
   KvCompressionCounters counters_;
   std::vector<KvTier> current_, target_;  // scratch
   std::vector<int> observed_;             // sequences with observations this step
+  std::vector<int> protected_;            // scratch: protected blocks of the assessed sequence
 };
 
 }  // namespace kvserve::kvcache

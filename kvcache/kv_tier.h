@@ -8,6 +8,8 @@
 // Thread-safety: constants and pure functions.
 #pragma once
 
+#include <array>
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string_view>
@@ -23,17 +25,26 @@ enum class KvTier : uint8_t {
 };
 inline constexpr int kNumKvTiers = 5;
 
+// Bytes of one (block, layer) unit in each tier, indexed by TierIndex;
+// [kEvicted] is 0.
+using TierBytes = std::array<size_t, kNumKvTiers>;
+
 inline constexpr int TierIndex(KvTier t) { return static_cast<int>(t); }
 inline constexpr KvTier TierFromIndex(int i) { return static_cast<KvTier>(i); }
 
 // Quantized code width in bits; 16 for kF16, 0 for kEvicted.
 inline constexpr int KvTierBits(KvTier t) {
   switch (t) {
-    case KvTier::kF16: return 16;
-    case KvTier::kInt8: return 8;
-    case KvTier::kInt4: return 4;
-    case KvTier::kInt2: return 2;
-    case KvTier::kEvicted: return 0;
+    case KvTier::kF16:
+      return 16;
+    case KvTier::kInt8:
+      return 8;
+    case KvTier::kInt4:
+      return 4;
+    case KvTier::kInt2:
+      return 2;
+    case KvTier::kEvicted:
+      return 0;
   }
   return 0;
 }
@@ -41,11 +52,16 @@ inline constexpr int KvTierBits(KvTier t) {
 // "f16", "int8", "int4", "int2", "evicted": the Prometheus label values.
 inline constexpr std::string_view KvTierName(KvTier t) {
   switch (t) {
-    case KvTier::kF16: return "f16";
-    case KvTier::kInt8: return "int8";
-    case KvTier::kInt4: return "int4";
-    case KvTier::kInt2: return "int2";
-    case KvTier::kEvicted: return "evicted";
+    case KvTier::kF16:
+      return "f16";
+    case KvTier::kInt8:
+      return "int8";
+    case KvTier::kInt4:
+      return "int4";
+    case KvTier::kInt2:
+      return "int2";
+    case KvTier::kEvicted:
+      return "evicted";
   }
   return "?";
 }

@@ -34,9 +34,6 @@
 
 namespace kvserve::kvcache {
 
-// Bytes of one unit per tier; [kEvicted] is 0.
-using TierBytes = std::array<size_t, kNumKvTiers>;
-
 class SlabArena {
  public:
   inline static constexpr size_t kAlign = 64;

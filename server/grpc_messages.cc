@@ -62,13 +62,10 @@ absl::Status FillKvCompression(const v1::GenerateRequest& r, engine::GenerationR
   if (!r.has_kv_compression()) return absl::OkStatus();
   const v1::KvCompression& kv = r.kv_compression();
   if (!kv.policy().empty()) {
-    const std::vector<std::string_view> names = kvcache::CompressionPolicyNames();
-    if (std::find(names.begin(), names.end(), kv.policy()) == names.end()) {
-      std::string valid;
-      for (std::string_view n : names)
-        absl::StrAppend(&valid, valid.empty() ? "" : ", ", std::string(n));
-      return absl::InvalidArgumentError(absl::StrCat("kv_compression.policy '", kv.policy(),
-                                                     "' is not a known policy; valid: ", valid));
+    if (!kvcache::IsCompressionPolicy(kv.policy())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("kv_compression.policy '", kv.policy(),
+                       "' is not a known policy; valid: ", kvcache::CompressionPolicyNameList()));
     }
   }
   // 0 is proto3's "unset"; NaN fails the range test.

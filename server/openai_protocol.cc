@@ -288,13 +288,10 @@ absl::Status ParseCommon(ObjectReader& r, const ProtocolLimits& limits,
     ObjectReader kv(*v, r.Param("kv_compression."));
     KV_RETURN_IF_ERROR(kv.String("policy", &p->kv_policy));
     if (p->kv_policy.has_value()) {
-      const auto names = kvcache::CompressionPolicyNames();
-      if (std::find(names.begin(), names.end(), *p->kv_policy) == names.end()) {
-        std::string list;
-        for (std::string_view n : names)
-          absl::StrAppend(&list, list.empty() ? "" : ", ", std::string(n));
-        return Invalid(kv.Param("policy"), absl::StrCat("unknown KV compression policy '",
-                                                        *p->kv_policy, "'; valid: ", list));
+      if (!kvcache::IsCompressionPolicy(*p->kv_policy)) {
+        return Invalid(kv.Param("policy"),
+                       absl::StrCat("unknown KV compression policy '", *p->kv_policy,
+                                    "'; valid: ", kvcache::CompressionPolicyNameList()));
       }
     }
     float ratio = 0;

@@ -40,7 +40,7 @@ absl::StatusOr<PerplexityResult> ComputePerplexity(ModelRunner* runner,
   if (opt.kv_compression) {
     if (auto st = kvcache::ValidateCompressionSpec(*opt.kv_compression); !st.ok()) return st;
   }
-  const int kBlockTokens = opt.block_tokens;
+  const int bt = opt.block_tokens;
   for (int ch = 0; ch < n_chunks; ++ch) {
     kvcache::ContiguousKvCache contiguous(shape);
     std::unique_ptr<kvcache::PagedKvCache> paged;
@@ -48,9 +48,9 @@ absl::StatusOr<PerplexityResult> ComputePerplexity(ModelRunner* runner,
     kvcache::KvStore* kv = &contiguous;
     if (opt.kv_compression) {
       // Room for the whole chunk in f16, plus a slab per compressed tier.
-      const size_t bytes = kvcache::BlockPool::BytesPerBlock(shape, kBlockTokens) *
-                           ((opt.ctx + kBlockTokens - 1) / kBlockTokens + kvcache::kNumKvTiers);
-      auto made = kvcache::PagedKvCache::Create(shape, bytes, kBlockTokens);
+      const size_t bytes = kvcache::BlockPool::BytesPerBlock(shape, bt) *
+                           ((opt.ctx + bt - 1) / bt + kvcache::kNumKvTiers);
+      auto made = kvcache::PagedKvCache::Create(shape, bytes, bt);
       if (!made.ok()) return made.status();
       paged = *std::move(made);
       auto comp = kvcache::KvCompressor::Create(paged.get(), opt.kv_compressor);

@@ -336,22 +336,19 @@ class EngineImpl {
 
   void Step() {
     if (running_.empty() && waiting_.empty()) return;
-    const ScheduleLimits limits{config_.max_batch_tokens, config_.max_running};
+    ScheduleLimits limits{config_.max_batch_tokens, config_.max_running};
     SchedulerDecision d = scheduler_->Schedule(running_, waiting_, *kv_, limits);
     if (!d.preempted.empty()) {
       // Memory is short: compress harder before preempting anyone. Aim for
-      // the blocks the preemptions would have freed, then plan again.
+      // the blocks the preemptions would have freed, then plan again,
+      // without admissions: what compression freed goes to the running
+      // sequences (admitting new ones would bring the pressure straight
+      // back).
       int want = kv_->pool().n_free();
       for (const Sequence* s : d.preempted) want += kv_->NumBlocks(s->id);
       compressor_->Reclaim(want);
+      limits.admit = false;
       d = scheduler_->Schedule(running_, waiting_, *kv_, limits);
-      // What compression freed goes to the running sequences; admitting new
-      // ones into it now would only bring the pressure straight back.
-      for (Sequence* s : d.admitted) {
-        d.chunks.erase(std::find_if(d.chunks.begin(), d.chunks.end(),
-                                    [s](const ScheduledChunk& c) { return c.seq == s; }));
-      }
-      d.admitted.clear();
     }
     // Apply the decision: preemptions free blocks first, then reservations.
     for (Sequence* s : d.preempted) {

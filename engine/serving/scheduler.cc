@@ -68,7 +68,7 @@ class FcfsScheduler : public Scheduler {
     // Admissions.
     int n_running = 0;
     for (Sequence* s : live) n_running += s != nullptr;
-    if (d.preempted.empty()) {
+    if (d.preempted.empty() && limits.admit) {
       for (Sequence* s : waiting) {
         if (budget <= 0 || n_running >= limits.max_running) break;
         const int n = std::min(s->pending(), budget);
@@ -89,8 +89,8 @@ class FcfsScheduler : public Scheduler {
 
 absl::StatusOr<std::unique_ptr<Scheduler>> MakeScheduler(const std::string& name) {
   if (name == "fcfs") return std::make_unique<FcfsScheduler>();
-  return absl::InvalidArgumentError(absl::StrCat("scheduler: unknown policy '", name,
-                                                 "' (available: fcfs)"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("scheduler: unknown policy '", name, "' (available: fcfs)"));
 }
 
 }  // namespace kvserve::engine

@@ -21,6 +21,9 @@ namespace kvserve::engine {
 struct ScheduleLimits {
   int max_batch_tokens = 512;  // tokens in one forward pass
   int max_running = 64;
+  // False: schedule only sequences already running (the engine sets it after
+  // compressing to make room, so the room goes to those sequences).
+  bool admit = true;
 };
 
 struct ScheduledChunk {
@@ -41,7 +44,8 @@ class Scheduler {
   // `running` and `waiting` hold the engine's sequences (not owned). The
   // policy may reorder both vectors but must not add or drop sequences; the
   // engine moves admitted/preempted ones afterwards.
-  virtual SchedulerDecision Schedule(std::vector<Sequence*>& running, std::vector<Sequence*>& waiting,
+  virtual SchedulerDecision Schedule(std::vector<Sequence*>& running,
+                                     std::vector<Sequence*>& waiting,
                                      const kvcache::PagedKvCache& kv,
                                      const ScheduleLimits& limits) = 0;
 };
@@ -52,7 +56,8 @@ class Scheduler {
 // budget, max_running and free blocks allow. When blocks run out, the
 // lowest-priority, latest-arrived running sequence not yet scheduled is
 // preempted (recomputed later), never an out-of-memory failure; no new
-// sequence is admitted in a step that preempts.
+// sequence is admitted in a step that preempts, nor when limits.admit is
+// false.
 absl::StatusOr<std::unique_ptr<Scheduler>> MakeScheduler(const std::string& name);
 
 }  // namespace kvserve::engine

@@ -17,7 +17,7 @@ using ::testing::HasSubstr;
 
 // Roughly a (block, layer) unit of 16 tokens: f16, then int8/int4/int2 codes
 // plus their group scales.
-constexpr TierCosts kCosts = {1024, 544, 288, 160, 0};
+constexpr TierBytes kCosts = {1024, 544, 288, 160, 0};
 constexpr KvTier kF16 = KvTier::kF16;
 constexpr KvTier kInt8 = KvTier::kInt8;
 constexpr KvTier kInt4 = KvTier::kInt4;
@@ -26,7 +26,7 @@ constexpr KvTier kEv = KvTier::kEvicted;
 
 absl::string_view Sv(std::string_view s) { return absl::string_view(s.data(), s.size()); }
 
-size_t Cost(KvTier t, const TierCosts& costs = kCosts) { return costs[TierIndex(t)]; }
+size_t Cost(KvTier t, const TierBytes& costs = kCosts) { return costs[TierIndex(t)]; }
 
 // One layer's input, owning its arrays.
 struct Case {
@@ -35,7 +35,7 @@ struct Case {
   std::vector<BlockScore> scores;
   std::vector<KvTier> current;
   size_t budget = 0;
-  TierCosts costs = kCosts;
+  TierBytes costs = kCosts;
 
   LayerInput input() const { return {length, block_tokens, scores, current, budget, &costs}; }
 };
