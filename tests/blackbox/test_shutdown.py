@@ -164,7 +164,12 @@ def test_second_signal_exits_at_once(request, kvserve_bin, model_path):
             "stream": True, "ignore_eos": True}
     with requests.post(srv.url("/v1/completions"), json=body, stream=True, timeout=120) as r:
         assert r.status_code == 200, r.text
-        next(line for line in r.iter_lines() if line.startswith(b"data: "))
+        # One iterator kept open for the whole test: a discarded generator
+        # closes the response, and the server would see the client leave.
+        lines = r.iter_lines()
+        for line in lines:
+            if line.startswith(b"data: "):
+                break
         srv.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 10
         while requests.get(srv.url("/ready"), timeout=5).status_code != 503:
