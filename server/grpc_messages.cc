@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string_view>
 #include <utility>
 
@@ -76,6 +77,10 @@ absl::Status FillKvCompression(const v1::GenerateRequest& r, engine::GenerationR
   }
   // Empty halves are the engine's to fill in from its configuration.
   out->kv_compression = kvcache::KvCompressionSpec{kv.policy(), kv.ratio()};
+  if (kv.prefill_chunk_tokens() > static_cast<uint32_t>(std::numeric_limits<int32_t>::max())) {
+    return absl::InvalidArgumentError("kv_compression.prefill_chunk_tokens is too large");
+  }
+  out->prefill_chunk_tokens = static_cast<int>(kv.prefill_chunk_tokens());
   return absl::OkStatus();
 }
 

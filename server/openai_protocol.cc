@@ -297,6 +297,10 @@ absl::Status ParseCommon(ObjectReader& r, const ProtocolLimits& limits,
     float ratio = 0;
     KV_RETURN_IF_ERROR(kv.Number("ratio", 0, 1, /*lo_open=*/true, "in (0, 1]", &ratio));
     if (kv.Get("ratio") != nullptr) p->kv_ratio = (*v)["ratio"].get<double>();
+    std::optional<int64_t> chunk;
+    KV_RETURN_IF_ERROR(kv.Int("prefill_chunk_tokens", 1, std::numeric_limits<int32_t>::max(),
+                              "an integer >= 1", &chunk));
+    p->kv_prefill_chunk_tokens = static_cast<int>(chunk.value_or(0));
     KV_RETURN_IF_ERROR(kv.CheckNoUnknownKeys());
   }
   std::optional<std::string> user;  // accepted and ignored, as OpenAI does for abuse tracking
@@ -548,6 +552,7 @@ engine::GenerationRequest ToGenerationRequest(const CommonParams& params, std::s
   g.n = params.n;
   g.logprobs = logprobs;
   g.prompt_logprobs = prompt_logprobs;
+  g.prefill_chunk_tokens = params.kv_prefill_chunk_tokens;
   if (params.kv_policy || params.kv_ratio) {
     // The missing half comes from the engine's default, filled in there.
     g.kv_compression =

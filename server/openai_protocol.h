@@ -50,6 +50,8 @@ struct CommonParams {
   // left out (the server default's value is used for it).
   std::optional<std::string> kv_policy;
   std::optional<double> kv_ratio;
+  // kv_compression.prefill_chunk_tokens: see GenerationRequest; 0 = unset.
+  int kv_prefill_chunk_tokens = 0;
 };
 
 struct CompletionRequest {

@@ -141,6 +141,9 @@ class EngineImpl {
       if (absl::Status st = kvcache::ValidateCompressionSpec(*r.kv_compression); !st.ok())
         return st;
     }
+    if (r.prefill_chunk_tokens < 0) {
+      return absl::InvalidArgumentError("prefill_chunk_tokens must be >= 0 (0: the scheduler's)");
+    }
     const SamplingOptions& s = r.sampling;
     if (s.temperature < 0 || s.top_p <= 0 || s.top_p > 1 || s.top_k < 0 || s.min_p < 0 ||
         s.min_p > 1 || s.repetition_penalty <= 0) {
@@ -276,6 +279,7 @@ class EngineImpl {
       s->tokens = req.prompt;
       s->prompt_len = static_cast<int>(req.prompt.size());
       s->kv_spec = req.kv_compression.value_or(config_.kv_compression);
+      s->prefill_chunk_tokens = req.prefill_chunk_tokens;
       model::SamplingParams sp;
       sp.temperature = req.sampling.temperature;
       sp.top_k = req.sampling.top_k;
@@ -389,7 +393,11 @@ class EngineImpl {
       // the question) are then the observation window that decides what
       // the document keeps, as in SnapKV. Until then only memory pressure
       // (Reclaim) compresses it.
-      if (s->num_computed + ch.n_tokens >= s->prompt_len) ran_.push_back(s->id);
+      // A request that chunks its prefill asks for assessment after every
+      // chunk instead.
+      if (s->num_computed + ch.n_tokens >= s->prompt_len || s->prefill_chunk_tokens > 0) {
+        ran_.push_back(s->id);
+      }
       // Rows whose attention feeds the scores: every decode row, and the
       // last `window` rows of a prefill chunk (the observation window).
       const bool observed = compressor_->Compresses(s->id);

@@ -50,6 +50,12 @@ struct GenerationRequest {
   int priority = 0;  // higher runs first and is preempted last
   // KV compression of this request's sequences; unset: the server default.
   std::optional<kvcache::KvCompressionSpec> kv_compression;
+  // 0: the scheduler sizes prefill chunks. N > 0: the prompt enters at most N
+  // tokens per step and the compression policy assesses the sequence after
+  // every chunk (not only once the whole prompt is in), so what later prompt
+  // tokens see is the compressed cache. Evaluation uses it to measure
+  // perplexity with compression in the loop (echo + logprobs).
+  int prefill_chunk_tokens = 0;
 };
 
 enum class FinishReason {

@@ -13,6 +13,15 @@ bool Before(const Sequence* a, const Sequence* b) {
   return a->choice < b->choice;
 }
 
+// Tokens of `s` to run this step: what is pending, within the step's budget
+// and the request's own prefill chunk limit.
+int ChunkSize(const Sequence& s, int budget) {
+  int n = std::min(s.pending(), budget);
+  const int cap = s.prefill_chunk_tokens;
+  if (cap > 0) n = std::min(n, cap);
+  return n;
+}
+
 class FcfsScheduler : public Scheduler {
  public:
   SchedulerDecision Schedule(std::vector<Sequence*>& running, std::vector<Sequence*>& waiting,
@@ -62,7 +71,7 @@ class FcfsScheduler : public Scheduler {
         if (s == nullptr || scheduled[i] || s->pending() == 0) continue;
         const bool decode = s->pending() == 1 && s->num_computed >= s->prompt_len;
         if ((pass == 0) != decode) continue;
-        try_run(i, std::min(s->pending(), budget));
+        try_run(i, ChunkSize(*s, budget));
       }
     }
     // Admissions.
@@ -71,7 +80,7 @@ class FcfsScheduler : public Scheduler {
     if (d.preempted.empty() && limits.admit) {
       for (Sequence* s : waiting) {
         if (budget <= 0 || n_running >= limits.max_running) break;
-        const int n = std::min(s->pending(), budget);
+        const int n = ChunkSize(*s, budget);
         const int need = kv.BlocksNeeded(s->id, s->num_computed + n);
         if (need > free_blocks) break;  // FCFS: do not let later ones jump the queue
         free_blocks -= need;

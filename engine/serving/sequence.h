@@ -34,6 +34,7 @@ struct Sequence {
   int generated = 0;
   bool running = false;
   kvcache::KvCompressionSpec kv_spec;  // this choice's KV compression
+  int prefill_chunk_tokens = 0;        // GenerationRequest::prefill_chunk_tokens
   bool kv_tracked = false;             // known to the engine's KvCompressor
 
   std::unique_ptr<model::Sampler> sampler;

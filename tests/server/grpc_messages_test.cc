@@ -82,6 +82,16 @@ TEST_F(GrpcMessagesTest, KvCompressionMapsPolicyAndRatio) {
   EXPECT_EQ(g->kv_compression->ratio, 0.25);
 }
 
+TEST_F(GrpcMessagesTest, PrefillChunkTokensReachesTheRequest) {
+  v1::GenerateRequest r = WithKv("snapkv", 0.5);
+  r.mutable_kv_compression()->set_prefill_chunk_tokens(64);
+  auto g = Convert(r);
+  ASSERT_TRUE(g.ok()) << g.status();
+  EXPECT_EQ(g->prefill_chunk_tokens, 64);
+  r.mutable_kv_compression()->set_prefill_chunk_tokens(3000000000u);
+  EXPECT_EQ(Convert(r).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(GrpcMessagesTest, EveryKnownPolicyAndTheRatioBoundsAreAccepted) {
   for (std::string_view name : kvcache::CompressionPolicyNames()) {
     for (double ratio : {1.0, 0.5, 1e-6}) {

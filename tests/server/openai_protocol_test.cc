@@ -45,7 +45,8 @@ TEST(ParseCompletionTest, EveryFieldIsRead) {
       "top_k": 40, "min_p": 0.05, "n": 2, "best_of": 2, "seed": 42, "stop": ["a", "bc"],
       "presence_penalty": 0.5, "frequency_penalty": -0.5, "repetition_penalty": 1.1,
       "logprobs": 3, "echo": true, "stream": true, "stream_options": {"include_usage": true},
-      "user": "someone", "ignore_eos": true, "suffix": null, "logit_bias": {}})",
+      "user": "someone", "ignore_eos": true, "suffix": null, "logit_bias": {},
+      "kv_compression": {"policy": "h2o", "ratio": 0.5, "prefill_chunk_tokens": 64}})",
                                   kLimits);
   ASSERT_TRUE(r.ok()) << r.status();
   const CommonParams& c = r->common;
@@ -66,6 +67,9 @@ TEST(ParseCompletionTest, EveryFieldIsRead) {
   EXPECT_TRUE(c.ignore_eos);
   EXPECT_EQ(r->logprobs, 3);
   EXPECT_TRUE(r->echo);
+  EXPECT_EQ(c.kv_policy, "h2o");
+  EXPECT_EQ(c.kv_ratio, 0.5);
+  EXPECT_EQ(c.kv_prefill_chunk_tokens, 64);
 }
 
 TEST(ParseCompletionTest, PromptForms) {
@@ -158,6 +162,10 @@ TEST(ParseCompletionTest, EveryFieldError) {
           {R"({"prompt": [1, 2.5]})", "prompt", "element 1"},
           {R"({"prompt": [1, "a"]})", "prompt", "element 1"},
           {R"({"prompt": [3000000000]})", "prompt", "element 0"},
+          {R"({"prompt": "a", "kv_compression": {"prefill_chunk_tokens": 0}})",
+           "kv_compression.prefill_chunk_tokens", "an integer >= 1"},
+          {R"({"prompt": "a", "kv_compression": {"prefill_chunk_tokens": 2.5}})",
+           "kv_compression.prefill_chunk_tokens", "an integer"},
           {R"({"prompt": "x", "model": 3})", "model", "'model' must be a string"},
           {R"({"prompt": "x", "max_tokens": 0})", "max_tokens", "must be an integer >= 1, got 0"},
           {R"({"prompt": "x", "max_tokens": -5})", "max_tokens", "got -5"},
@@ -324,6 +332,7 @@ TEST(ProtocolTest, ToGenerationRequestCopiesEveryField) {
   p.stop = {"x"};
   p.n = 3;
   p.ignore_eos = true;
+  p.kv_prefill_chunk_tokens = 32;
   engine::GenerationRequest g = ToGenerationRequest(p, "id-1", {1, 2}, 11, 4, true);
   EXPECT_EQ(g.request_id, "id-1");
   EXPECT_EQ(g.prompt, (std::vector<int32_t>{1, 2}));
@@ -335,6 +344,7 @@ TEST(ProtocolTest, ToGenerationRequestCopiesEveryField) {
   EXPECT_TRUE(g.ignore_eos);
   EXPECT_EQ(g.logprobs, 4);
   EXPECT_TRUE(g.prompt_logprobs);
+  EXPECT_EQ(g.prefill_chunk_tokens, 32);
 }
 
 TEST(ProtocolTest, RandomIdsHavePrefixAndDiffer) {

@@ -279,6 +279,39 @@ TEST_F(EngineTest, KvCompressionPerRequestIsValidatedAppliedAndReported) {
   for (int t = 0; t < kvcache::kNumKvTiers; ++t) EXPECT_EQ(st.kv_tier_units[t], 0);
 }
 
+TEST_F(EngineTest, PrefillChunkTokensCapsEachStepAndKeepsResults) {
+  auto e = MakeEngine(EngineConfig{});
+  GenerationRequest r = Greedy(Prompt(200, 2), 4);
+  r.prefill_chunk_tokens = -1;
+  EXPECT_EQ(e->Submit(r).status().code(), absl::StatusCode::kInvalidArgument);
+
+  // 200 prompt tokens in chunks of 16 take 13 steps (the last samples the
+  // first token), then 3 decode steps; unchunked the prompt takes one.
+  // (Stats are read at idle: the last step is counted after its event.)
+  r.prefill_chunk_tokens = 16;
+  int64_t before = e->Stats().steps;
+  Collected chunked = Drain(**e->Submit(r), 1);
+  WaitIdle(*e);
+  EXPECT_EQ(e->Stats().steps - before, 13 + 3);
+  r.prefill_chunk_tokens = 0;
+  before = e->Stats().steps;
+  Collected whole = Drain(**e->Submit(r), 1);
+  WaitIdle(*e);
+  EXPECT_EQ(e->Stats().steps - before, 1 + 3);
+  EXPECT_EQ(chunked.tokens, whole.tokens);
+  WaitIdle(*e);
+  EXPECT_EQ(chunked.tokens[0], Reference(Prompt(200, 2), 4));
+
+  // Compression between chunks still ends with a complete answer.
+  r.prefill_chunk_tokens = 16;
+  r.kv_compression = kvcache::KvCompressionSpec{"streaming", 0.25};
+  Collected s = Drain(**e->Submit(r), 1);
+  EXPECT_EQ(s.finish[0], FinishReason::kLength);
+  EXPECT_LT(s.kv_bytes[0], s.kv_bytes_uncompressed[0]);
+  WaitIdle(*e);
+  EXPECT_EQ(e->Stats().kv_blocks_free, e->Stats().kv_blocks_total);
+}
+
 TEST_F(EngineTest, UnderPressureCompressionComesBeforePreemption) {
   const auto& mc = model_->config();
   auto run = [&](const std::string& policy) {
