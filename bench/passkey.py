@@ -31,19 +31,16 @@ import datetime
 import json
 import os
 import shlex
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import haystack  # noqa: E402
+from kvserve_eval.client import Client  # noqa: E402
+from kvserve_eval.server import ServerLauncher  # noqa: E402
+from kvserve_eval.util import command_line, csv_list, git_commit, log  # noqa: E402
 
 REPO = haystack.REPO
 POLICIES = ("none", "streaming", "h2o", "snapkv", "quant-uniform", "attention-guided")
@@ -53,23 +50,6 @@ DEPTHS = (0.1, 0.3, 0.5, 0.7, 0.9)
 DEFAULT_BIN = os.path.join(REPO, "build", "server", "kvserve")
 
 
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
-
-
-def csv_list(kind, allowed=None):
-    def parse(text):
-        items = [kind(x) for x in text.split(",") if x.strip()]
-        if not items:
-            raise argparse.ArgumentTypeError("empty list")
-        if allowed is not None:
-            bad = [x for x in items if x not in allowed]
-            if bad:
-                raise argparse.ArgumentTypeError(f"{bad} not in {list(allowed)}")
-        return items
-    return parse
-
-
 def settings(policies, ratios):
     """[(policy, target ratio)]: none once at ratio 1, the others at every ratio."""
     out = [("none", 1.0)] if "none" in policies else []
@@ -77,114 +57,19 @@ def settings(policies, ratios):
     return out
 
 
-def git_commit():
-    try:
-        return subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def command_line():
-    argv0 = os.path.relpath(os.path.abspath(sys.argv[0]), os.getcwd())
-    return shlex.join(["python3", argv0] + sys.argv[1:])
-
-
-# --- server -----------------------------------------------------------------------------
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http_json(url, body=None, timeout=30):
-    """(status, parsed JSON or text) of a GET (body None) or POST."""
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data,
-                                 headers={"Content-Type": "application/json"} if data else {})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            status, raw = r.status, r.read()
-    except urllib.error.HTTPError as e:
-        status, raw = e.code, e.read()
-    try:
-        return status, json.loads(raw)
-    except ValueError:
-        return status, raw.decode(errors="replace")
-
-
-class Server:
-    """A `kvserve serve` child process: started, polled on /ready, stopped (SIGTERM)."""
-
-    def __init__(self, cmd, startup_timeout):
-        self.cmd, self.startup_timeout = cmd, startup_timeout
-        self.proc = None
-        self.log = tempfile.NamedTemporaryFile(mode="w+", prefix="kvserve-passkey-",
-                                               suffix=".log", delete=False)
-
-    def start(self):
-        port = int(self.cmd[self.cmd.index("--port") + 1])
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc = subprocess.Popen(self.cmd, stdout=self.log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + self.startup_timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"kvserve exited with {self.proc.returncode} while starting:"
-                                   f" {shlex.join(self.cmd)}\n{self.log_tail()}")
-            try:
-                if http_json(self.url + "/ready", timeout=2)[0] == 200:
-                    return self.url
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"kvserve not ready after {self.startup_timeout}s\n"
-                                   + self.log_tail())
-            time.sleep(0.2)
-
-    def log_tail(self, n=3000):
-        self.log.flush()
-        with open(self.log.name, errors="replace") as f:
-            return f.read()[-n:]
-
-    def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        log(f"server log: {self.log.name}")
-
-
 # --- requests ---------------------------------------------------------------------------
 
-def run_one(url, model_name, job, max_tokens, timeout):
-    body = {"prompt": job["prompt"], "max_tokens": max_tokens, "temperature": 0}
-    if model_name:
-        body["model"] = model_name
-    if job["policy"] != "none":
-        body["kv_compression"] = {"policy": job["policy"], "ratio": job["ratio"]}
-    t0 = time.monotonic()
-    try:
-        status, resp = http_json(url + "/v1/completions", body, timeout=timeout)
-    except OSError as e:  # connection refused, timeout
-        status, resp = None, f"{type(e).__name__}: {e}"
-    wall = time.monotonic() - t0
+def run_one(client, job, max_tokens):
+    kv = None if job["policy"] == "none" else {"policy": job["policy"], "ratio": job["ratio"]}
+    resp = client.complete(job["prompt"], max_tokens=max_tokens, kv_compression=kv)
     row = {k: v for k, v in job.items() if k != "prompt"}
-    row["wall_s"] = round(wall, 3)
-    if status != 200 or not isinstance(resp, dict):
-        err = resp.get("error", resp) if isinstance(resp, dict) else resp
-        row.update(error=f"HTTP {status}: {err}"[:500], correct=False, completion=None)
+    row["wall_s"] = round(resp.wall_s, 3)
+    if not resp.ok:
+        row.update(error=resp.error[:500], correct=False, completion=None)
         return row
-    text = resp["choices"][0]["text"]
-    usage = resp.get("usage") or {}
+    usage = resp.usage
     row.update(
-        error=None, completion=text, correct=text.lstrip().startswith(job["key"]),
+        error=None, completion=resp.text, correct=resp.text.lstrip().startswith(job["key"]),
         finish_reason=resp["choices"][0].get("finish_reason"),
         usage_prompt_tokens=usage.get("prompt_tokens"),
         kv_bytes=usage.get("kv_bytes"), kv_bytes_uncompressed=usage.get("kv_bytes_uncompressed"),
@@ -205,7 +90,7 @@ def build_prompts(args, tok):
     return prompts
 
 
-def run_sweep(args, url, model_name):
+def run_sweep(args, client):
     tok = haystack.load_tokenizer(args.model)
     t0 = time.monotonic()
     prompts = build_prompts(args, tok)
@@ -220,7 +105,7 @@ def run_sweep(args, url, model_name):
     rows, done, lock = [], 0, threading.Lock()
     t_start = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.concurrency) as pool:
-        futures = [pool.submit(run_one, url, model_name, j, args.max_tokens, args.timeout)
+        futures = [pool.submit(run_one, client, j, args.max_tokens)
                    for j in jobs]
         for fut in concurrent.futures.as_completed(futures):
             r = fut.result()
@@ -376,20 +261,18 @@ def main():
     if args.url:
         url, server_desc = args.url.rstrip("/"), args.url
     else:
-        cmd = [args.bin, "serve", "--model", args.model, "--host", "127.0.0.1",
-               "--port", str(free_port()), "--grpc-port", "0", "--threads", str(args.threads),
-               "--kv-cache-bytes", args.kv_cache_bytes,
-               "--max-batch-tokens", str(args.max_batch_tokens)] + shlex.split(args.server_flags)
-        server = Server(cmd, args.startup_timeout)
-        log("starting: " + shlex.join(cmd))
+        server = ServerLauncher(args.bin, args.model, args.threads,
+                                flags=["--kv-cache-bytes", args.kv_cache_bytes,
+                                       "--max-batch-tokens", str(args.max_batch_tokens),
+                                       *shlex.split(args.server_flags)],
+                                startup_timeout=args.startup_timeout, name="kvserve-passkey")
         url = server.start()
-        server_desc = shlex.join([os.path.relpath(cmd[0], REPO) if cmd[0].startswith(REPO)
-                                  else cmd[0], *cmd[1:]])
+        server_desc = server.describe()
     try:
-        status, models = http_json(url + "/v1/models")
-        model_name = (models["data"][0]["id"] if status == 200 and isinstance(models, dict)
-                      and models.get("data") else None)
-        rows, wall = run_sweep(args, url, model_name)
+        client = Client(url, timeout=args.timeout)
+        models = client.models()
+        client.model = models[0]["id"] if models else None
+        rows, wall = run_sweep(args, client)
     finally:
         if server is not None:
             server.stop()
