@@ -13,6 +13,12 @@ repeated sentences:
 
 (parts joined by "\\n"; an empty part is left out, as at depth 0 or 1).
 
+`make_needle_prompt` is the general form the passkey prompt is built with: any intro,
+question and list of (needle line, depth), e.g. the needle-in-a-haystack task of
+kvserve-eval (bench/kvserve_eval/tasks/niah.py) with distractor needles; each needle
+goes at the sentence boundary nearest its depth, and its token offset in the prompt and
+its achieved token depth are reported.
+
 Properties (tests/bench/test_haystack.py checks them):
   * Deterministic: the seed alone picks the key (5 digits) and the book; the offset in
     the book depends on the seed and the length, not on the depth, so one seed and
@@ -317,20 +323,25 @@ def gutenberg_available(gutenberg_dir=DEFAULT_GUTENBERG):
 
 
 @dataclasses.dataclass
-class PasskeyPrompt:
+class NeedlePrompt:
+    """A prompt of filler text with one or more needle lines; the top-level needle
+    fields describe the first needle (the one the question asks about)."""
+
     prompt: str
-    key: str                  # the 5 digits the model should answer
     seed: object
     target_tokens: int        # requested prompt length
     n_tokens: int             # actual prompt length (BOS included if the model adds one)
     depth: float              # requested depth, fraction of the haystack's tokens
-    haystack: str             # the filler text, without the needle
+    haystack: str             # the filler text, without the needles
     needle_char_offset: int   # where the needle goes in `haystack` (a sentence start)
     depth_chars: float        # needle_char_offset / len(haystack)
     depth_tokens: float       # haystack tokens before the needle / all haystack tokens
     needle_token_offset: int  # prompt tokens before the needle's first token
     book: str
     book_offset: int          # character offset of the haystack in the normalised book
+    # Every needle in the order given: {"text", "depth", "char_offset", "depth_tokens",
+    # "token_offset"} with the meanings of the fields above.
+    needles: list = dataclasses.field(default_factory=list)
 
     def summary(self):
         d = dataclasses.asdict(self)
@@ -338,19 +349,29 @@ class PasskeyPrompt:
         return d
 
 
-def _assemble(before, needle, after):
-    parts = [INTRO, before, needle, after, QUESTION]
+@dataclasses.dataclass
+class PasskeyPrompt(NeedlePrompt):
+    key: str = ""             # the 5 digits the model should answer
+
+
+def _join(parts):
+    # Every part is a line of its own; an empty part (no text before a needle at depth 0)
+    # is left out rather than leaving a blank line.
     return "\n".join(p for p in parts if p)
 
 
-def _split_at(tok, haystack, depth):
-    """(boundary, before, after) at the sentence start whose token offset in the
-    haystack is nearest to depth * (the haystack's tokens)."""
-    words = tok.word_token_counts(haystack)
+def _cumulative_tokens(tok, haystack):
+    """(word ends, cumulative token counts) of the haystack's pre-tokenizer words."""
     ends, cum = [], [0]
-    for _, e, n in words:
+    for _, e, n in tok.word_token_counts(haystack):
         ends.append(e)
         cum.append(cum[-1] + n)
+    return ends, cum
+
+
+def nearest_boundary(haystack, ends, cum, depth):
+    """The sentence start of `haystack` whose token offset is nearest to depth * (the
+    haystack's tokens); ties go to the earlier one. (ends, cum) from _cumulative_tokens."""
     target = depth * cum[-1]
 
     def tokens_before(b):
@@ -358,23 +379,58 @@ def _split_at(tok, haystack, depth):
         # its tokens are those of the words ending there or earlier.
         return cum[bisect.bisect_right(ends, len(haystack[:b].rstrip()))]
 
-    b = min(sentence_boundaries(haystack), key=lambda x: (abs(tokens_before(x) - target), x))
-    return b, haystack[:b].rstrip(), haystack[b:].lstrip()
+    return min(sentence_boundaries(haystack),
+               key=lambda x: (abs(tokens_before(x) - target), x))
 
 
-def make_passkey_prompt(n_tokens, depth, seed, tokenizer=None, gutenberg_dir=DEFAULT_GUTENBERG):
-    """A passkey prompt of n_tokens tokens with the needle at `depth` (0..1) of the
-    haystack. `seed` (int or str) alone picks the key, the book and the offset."""
-    if not 0.0 <= depth <= 1.0:
-        raise ValueError(f"depth {depth} is not in [0, 1]")
+def insert_needles(tok, haystack, needles, intro, question):
+    """Places each (text, depth) of `needles` as a line of its own at the sentence
+    boundary of `haystack` nearest its depth (in tokens); returns (prompt, [placement])
+    with each placement {"text", "depth", "char_offset", "depth_tokens", "token_offset"}
+    in the order of `needles`. Needles that fall on the same boundary keep their order."""
+    ends, cum = _cumulative_tokens(tok, haystack)
+    offsets = [nearest_boundary(haystack, ends, cum, d) for _, d in needles]
+    order = sorted(range(len(needles)), key=lambda i: (offsets[i], i))
+    # Filler segments between consecutive needles, white space at the cuts trimmed.
+    cuts = [0] + [offsets[i] for i in order] + [len(haystack)]
+    segments = [haystack[cuts[k]:cuts[k + 1]].strip() for k in range(len(cuts) - 1)]
+    seg_tokens = [tok.count(x) if x else 0 for x in segments]
+    parts = [intro, segments[0]]
+    placements = [None] * len(needles)
+    for rank, i in enumerate(order):
+        # Lines are tokenised independently ("\n" is a word of its own), so the tokens
+        # before the needle are those of the text before it plus its line break.
+        token_offset = tok.count(_join(parts) + "\n")
+        placements[i] = {
+            "text": needles[i][0], "depth": needles[i][1], "char_offset": offsets[i],
+            "depth_tokens": sum(seg_tokens[:rank + 1]) / max(1, sum(seg_tokens)),
+            "token_offset": token_offset}
+        parts += [needles[i][0], segments[rank + 1]]
+    parts.append(question)
+    return _join(parts), placements
+
+
+def make_needle_prompt(n_tokens, needles, rng, intro, question, seed=None, tokenizer=None,
+                       gutenberg_dir=DEFAULT_GUTENBERG, cls=NeedlePrompt, **fields):
+    """A prompt of n_tokens tokens: `intro`, Gutenberg prose with each (text, depth) of
+    `needles` inserted by insert_needles, then `question`, one part a line.
+
+    `rng` (random.Random) picks the book and the offset in it - two draws, after any the
+    caller made - so a caller that seeds it from the seed alone gets the same text at
+    every depth. The haystack is cut so the whole prompt has n_tokens tokens (to within
+    a token or two). The first needle fills the top-level fields of the result; `cls` and
+    `fields` let a caller return a subclass (PasskeyPrompt with its key).
+    """
+    if not needles:
+        raise ValueError("at least one needle is needed")
+    for _, depth in needles:
+        if not 0.0 <= depth <= 1.0:
+            raise ValueError(f"depth {depth} is not in [0, 1]")
     tok = tokenizer or load_tokenizer()
-    rng = random.Random(f"kvserve-passkey:{seed}")
-    key = str(rng.randrange(10000, 100000))
-    needle = needle_text(key)
-    fixed = tok.count(_assemble("", needle, ""))
+    fixed = tok.count(_join([intro, *(text for text, _ in needles), question]))
     if n_tokens <= fixed + 16:
         raise ValueError(f"{n_tokens} tokens leave no room for a haystack "
-                         f"(intro, needle and question take {fixed})")
+                         f"(intro, needles and question take {fixed})")
 
     # Text to cut from: about 4.4 characters a token in this prose; take plenty.
     need_chars = int((n_tokens - fixed) * 8) + 4096
@@ -404,28 +460,39 @@ def make_passkey_prompt(n_tokens, depth, seed, tokenizer=None, gutenberg_dir=DEF
                 hi = mid - 1
         return chunk[:words[lo - 1][1]].rstrip() if lo > 0 else ""
 
-    # The parts are tokenised independently ("\n" is a word of its own), so the length
-    # is nearly additive; a few corrections settle the white space trimmed at the split.
+    # The parts are tokenised independently, so the length is nearly additive; a few
+    # corrections settle the white space trimmed at the cuts.
     budget = n_tokens - fixed
     best = None
     for _ in range(8):
         haystack = cut(budget)
-        b, before, after = _split_at(tok, haystack, depth)
-        prompt = _assemble(before, needle, after)
+        prompt, placements = insert_needles(tok, haystack, needles, intro, question)
         n = tok.count(prompt)
         if best is None or abs(n - n_tokens) < abs(best[0] - n_tokens):
-            best = (n, haystack, b, before, after, prompt)
+            best = (n, haystack, prompt, placements)
         if n == n_tokens:
             break
         budget += n_tokens - n
-    n, haystack, b, before, after, prompt = best
-    prefix = "\n".join(x for x in (INTRO, before) if x) + "\n"
-    return PasskeyPrompt(
-        prompt=prompt, key=key, seed=seed, target_tokens=n_tokens, n_tokens=n, depth=depth,
-        haystack=haystack, needle_char_offset=b,
-        depth_chars=b / len(haystack) if haystack else 0.0,
-        depth_tokens=(tok.count(before) / max(1, tok.count(before) + tok.count(after))),
-        needle_token_offset=tok.count(prefix), book=book, book_offset=start)
+    n, haystack, prompt, placements = best
+    first = placements[0]
+    return cls(
+        prompt=prompt, seed=seed, target_tokens=n_tokens, n_tokens=n, depth=needles[0][1],
+        haystack=haystack, needle_char_offset=first["char_offset"],
+        depth_chars=first["char_offset"] / len(haystack) if haystack else 0.0,
+        depth_tokens=first["depth_tokens"], needle_token_offset=first["token_offset"],
+        book=book, book_offset=start, needles=placements, **fields)
+
+
+def make_passkey_prompt(n_tokens, depth, seed, tokenizer=None, gutenberg_dir=DEFAULT_GUTENBERG):
+    """A passkey prompt of n_tokens tokens with the needle at `depth` (0..1) of the
+    haystack. `seed` (int or str) alone picks the key, the book and the offset."""
+    if not 0.0 <= depth <= 1.0:
+        raise ValueError(f"depth {depth} is not in [0, 1]")
+    rng = random.Random(f"kvserve-passkey:{seed}")
+    key = str(rng.randrange(10000, 100000))
+    return make_needle_prompt(n_tokens, [(needle_text(key), depth)], rng, INTRO, QUESTION,
+                              seed=seed, tokenizer=tokenizer, gutenberg_dir=gutenberg_dir,
+                              cls=PasskeyPrompt, key=key)
 
 
 def main(argv=None):
