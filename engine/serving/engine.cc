@@ -9,6 +9,7 @@
 #include <random>
 #include <thread>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
 #include "engine/model/model_runner.h"
@@ -177,6 +178,28 @@ class EngineImpl {
   EngineStats Stats() const {
     std::lock_guard<std::mutex> lock(mu_);
     return stats_;
+  }
+
+  absl::Status SetTenants(std::vector<TenantLimits> tenants) {
+    absl::flat_hash_set<std::string> ids;
+    for (const TenantLimits& t : tenants) {
+      if (t.id.empty()) return absl::InvalidArgumentError("tenant id must not be empty");
+      if (!ids.insert(t.id).second) {
+        return absl::InvalidArgumentError(absl::StrCat("tenant id '", t.id, "' appears twice"));
+      }
+      if (!(t.weight > 0) || t.kv_budget_bytes < 0 || t.max_concurrent < 0 || t.max_queued < 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "tenant '", t.id,
+            "': weight must be > 0 and kv_budget_bytes, max_concurrent, max_queued >= 0"));
+      }
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      tenant_limits_ = std::move(tenants);
+      tenants_changed_ = true;
+    }
+    cv_.notify_one();
+    return absl::OkStatus();
   }
 
   bool Ready() const { return ready_.load() && !draining_.load(); }
@@ -644,6 +667,10 @@ class EngineImpl {
   uint64_t next_arrival_ = 0;             // guarded by mu_
   int64_t submitted_ = 0, rejected_ = 0;  // guarded by mu_
   EngineStats stats_;                     // guarded by mu_
+  // The tenant table from SetTenants, picked up by the engine thread at its
+  // next step when tenants_changed_.
+  std::vector<TenantLimits> tenant_limits_;  // guarded by mu_
+  bool tenants_changed_ = false;             // guarded by mu_
   std::atomic<bool> ready_{false};
   std::thread thread_;
 };
@@ -674,6 +701,9 @@ absl::StatusOr<std::shared_ptr<RequestHandle>> Engine::Submit(GenerationRequest 
   return impl_->Submit(std::move(request));
 }
 EngineStats Engine::Stats() const { return impl_->Stats(); }
+absl::Status Engine::SetTenants(std::vector<TenantLimits> tenants) {
+  return impl_->SetTenants(std::move(tenants));
+}
 bool Engine::Ready() const { return impl_->Ready(); }
 const EngineConfig& Engine::config() const { return impl_->config(); }
 void Engine::Drain() { impl_->Drain(); }

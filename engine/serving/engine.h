@@ -24,6 +24,7 @@
 #include "engine/serving/engine_config.h"
 #include "engine/serving/engine_stats.h"
 #include "engine/serving/request.h"
+#include "engine/serving/tenant.h"
 
 namespace kvserve::model {
 class ModelRunner;
@@ -69,6 +70,12 @@ class Engine {
   // draining; retry on another replica") or Shutdown.
   absl::StatusOr<std::shared_ptr<RequestHandle>> Submit(GenerationRequest request);
 
+  // Replaces the tenant table (at startup and on every reload). Takes effect
+  // at the next engine step; requests already submitted keep running and are
+  // held to their tenant's new limits from then on. A request naming a tenant
+  // that is not in the table is charged to the default tenant (no limits).
+  // InvalidArgument for an empty or duplicate id or weight <= 0.
+  absl::Status SetTenants(std::vector<TenantLimits> tenants);
   // A consistent snapshot of counters and gauges.
   EngineStats Stats() const;
   // True once the engine thread has completed a step or idles ready, and

@@ -6,8 +6,10 @@
 #include <array>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "engine/serving/request.h"
+#include "engine/serving/tenant.h"
 #include "kvcache/kv_tier.h"
 
 namespace kvserve::engine {
@@ -39,6 +41,12 @@ struct EngineStats {
   int64_t kv_compress_failed = 0;  // moves the pool had no room for
   int64_t kv_reclaim_rounds = 0;   // memory-pressure rounds (instead of preempting)
   double kv_policy_seconds = 0;    // time in compression decisions and moves
+  // Prefix cache: blocks indexed, and prompt tokens that hit it.
+  int64_t prefix_cache_blocks = 0;
+  int64_t prefix_cache_hit_tokens = 0;
+  // One entry per configured tenant (SetTenants order), then the default
+  // tenant (id "") if it has had requests.
+  std::vector<TenantStats> tenants;
 };
 
 // Timings of one finished choice, in seconds.
@@ -50,6 +58,8 @@ struct RequestTimings {
   int prompt_tokens = 0;
   int completion_tokens = 0;
   FinishReason finish = FinishReason::kNone;
+  std::string tenant;                 // GenerationRequest::tenant as charged ("" = default)
+  int cached_tokens = 0;              // prompt tokens served from the prefix cache
   std::string kv_policy;              // the choice's compression policy
   int64_t kv_bytes = 0;               // its KV cache at the end, as stored
   int64_t kv_bytes_uncompressed = 0;  // the same positions in f16

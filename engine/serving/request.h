@@ -48,6 +48,10 @@ struct GenerationRequest {
   // given the tokens before it.
   bool prompt_logprobs = false;
   int priority = 0;  // higher runs first and is preempted last
+  // The tenant the request is charged to (a TenantLimits::id given to
+  // Engine::SetTenants); empty in single-tenant mode. Budgets, fairness and
+  // the prefix cache group by it; cached blocks are never shared across it.
+  std::string tenant;
   // KV compression of this request's sequences; unset: the server default.
   std::optional<kvcache::KvCompressionSpec> kv_compression;
   // 0: the scheduler sizes prefill chunks. N > 0: the prompt enters at most N
@@ -84,6 +88,7 @@ struct StreamEvent {
   absl::Status error;  // set when finish == kError
   // Set on a choice's final event.
   int prompt_tokens = 0;
+  int cached_tokens = 0;  // of prompt_tokens, served from the prefix cache
   int completion_tokens = 0;
   // The choice's KV cache when it finished: bytes as stored, and what the
   // same positions take uncompressed (f16).

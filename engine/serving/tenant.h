@@ -1,0 +1,40 @@
+// What the engine enforces per tenant: a plain value the server builds from
+// its tenants file (config/tenants.h) and hands to Engine::SetTenants.
+//
+// Thread-safety: plain values.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace kvserve::engine {
+
+struct TenantLimits {
+  std::string id;               // non-empty; requests name it in GenerationRequest::tenant
+  int64_t kv_budget_bytes = 0;  // KV bytes its sequences may hold at once (as stored); 0 = no cap
+  int max_concurrent = 0;       // requests running at once; 0 = no cap beyond max_running
+  int max_queued = 0;           // requests queued (not yet running); 0 = no cap beyond max_waiting
+  double weight = 1.0;          // > 0: share of each step's token budget against other tenants
+};
+
+// Counters and gauges of one tenant (EngineStats::tenants). The default
+// tenant (requests with an empty tenant id) reports under id "".
+struct TenantStats {
+  std::string id;
+  int running = 0;  // sequences running
+  int waiting = 0;  // requests queued
+  int64_t kv_bytes = 0;               // KV bytes its sequences hold, shared blocks once
+  int64_t kv_bytes_uncompressed = 0;  // what the same blocks take in f16
+  int64_t kv_budget_bytes = 0;        // its budget (0 = none)
+  int64_t requests_submitted = 0;
+  int64_t requests_finished = 0;
+  int64_t requests_rejected = 0;  // Submit refused (queue full, invalid)
+  int64_t prompt_tokens = 0;      // prompt tokens prefilled (recomputes included)
+  int64_t cached_prompt_tokens = 0;  // prompt tokens served from the prefix cache
+  int64_t generation_tokens = 0;
+  int64_t preemptions = 0;
+  int64_t budget_reclaims = 0;  // compression rounds forced by its budget
+};
+
+}  // namespace kvserve::engine
