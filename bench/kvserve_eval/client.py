@@ -80,8 +80,14 @@ class Completion(dict):
 
     @property
     def text(self):
-        """Text of the first choice ("" on failure)."""
-        return self["choices"][0].get("text", "") if self.ok else ""
+        """Text of the first choice, or its message content for a chat completion ("" on
+        failure)."""
+        if not self.ok:
+            return ""
+        choice = self["choices"][0]
+        if "text" in choice:
+            return choice["text"] or ""
+        return (choice.get("message") or {}).get("content") or ""
 
     @property
     def usage(self):
@@ -200,10 +206,21 @@ class Client:
         """POST /v1/completions; returns a Completion (see its docstring), never raises
         for a failed request. `extra` adds request fields as given (stop, seed, ...)."""
         body = self._body(prompt, max_tokens, kv_compression, echo, logprobs, temperature, extra)
+        return self._post("/v1/completions", body, timeout)
+
+    def chat(self, messages, max_tokens=16, kv_compression=None, temperature=0.0, timeout=None,
+             **extra):
+        """POST /v1/chat/completions with `messages` ([{"role", "content"}]); a Completion
+        whose .text is the first choice's message content."""
+        body = self._body(None, max_tokens, kv_compression, False, None, temperature, extra)
+        del body["prompt"]
+        body["messages"] = messages
+        return self._post("/v1/chat/completions", body, timeout)
+
+    def _post(self, path, body, timeout):
         t0 = time.monotonic()
         try:
-            status, parsed = http_json(self.url + "/v1/completions", body,
-                                       timeout=timeout or self.timeout)
+            status, parsed = http_json(self.url + path, body, timeout=timeout or self.timeout)
         except OSError as e:  # refused, reset, timed out
             out = Completion.failure(None, f"{type(e).__name__}: {e}", "connection_error")
             out.wall_s = time.monotonic() - t0
