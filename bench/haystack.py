@@ -26,7 +26,8 @@ Properties (tests/bench/test_haystack.py checks them):
   * Length in model tokens: the prompt is tokenised exactly as `kvserve serve` does for
     a text prompt of /v1/completions (the GGUF's byte-level BPE, no special-token
     parsing, BOS only if the GGUF asks for one) and the haystack is cut so the prompt
-    has the requested number of tokens (to within a token or two).
+    has the requested number of tokens (exactly, in every case tried; the cut falls
+    inside a word only when whole words cannot give the length).
   * Depth: the needle goes at the sentence boundary of the haystack nearest to
     depth * (the haystack's tokens), so it is at most one sentence from the request.
 
@@ -449,8 +450,10 @@ def make_needle_prompt(n_tokens, needles, rng, intro, question, seed=None, token
     for _, _, n in words:
         cum.append(cum[-1] + n)
 
-    def cut(budget):
-        # The longest word prefix of the chunk with at most `budget` tokens.
+    def cut(budget, partial):
+        # The longest word prefix of the chunk with at most `budget` tokens; with
+        # `partial`, extended by the longest start of the next word that still fits (a
+        # word of several tokens would otherwise make some lengths unreachable).
         lo, hi = 0, len(words)
         while lo < hi:
             mid = (lo + hi + 1) // 2
@@ -458,22 +461,31 @@ def make_needle_prompt(n_tokens, needles, rng, intro, question, seed=None, token
                 lo = mid
             else:
                 hi = mid - 1
-        return chunk[:words[lo - 1][1]].rstrip() if lo > 0 else ""
+        end = words[lo - 1][1] if lo > 0 else 0
+        if partial and lo < len(words) and cum[lo] < budget:
+            b, e, _ = words[lo]
+            end = next((k for k in range(e - 1, b, -1)
+                        if tok.count(chunk[b:k]) <= budget - cum[lo]), end)
+        return chunk[:end].rstrip()
 
     # The parts are tokenised independently, so the length is nearly additive; a few
-    # corrections settle the white space trimmed at the cuts.
-    budget = n_tokens - fixed
+    # corrections settle the white space trimmed at the cuts. Whole words first; only if
+    # that cannot hit the length exactly, a cut inside the last word.
     best = None
-    for _ in range(8):
-        haystack = cut(budget)
-        prompt, placements = insert_needles(tok, haystack, needles, intro, question)
-        n = tok.count(prompt)
-        if best is None or abs(n - n_tokens) < abs(best[0] - n_tokens):
-            best = (n, haystack, prompt, placements)
-        if n == n_tokens:
+    for partial in (False, True):
+        budget = n_tokens - fixed if best is None else best[0]
+        for _ in range(8):
+            haystack = cut(budget, partial)
+            prompt, placements = insert_needles(tok, haystack, needles, intro, question)
+            n = tok.count(prompt)
+            if best is None or abs(n - n_tokens) < abs(best[1] - n_tokens):
+                best = (budget, n, haystack, prompt, placements)
+            if n == n_tokens:
+                break
+            budget += n_tokens - n
+        if best[1] == n_tokens:
             break
-        budget += n_tokens - n
-    n, haystack, prompt, placements = best
+    _, n, haystack, prompt, placements = best
     first = placements[0]
     return cls(
         prompt=prompt, seed=seed, target_tokens=n_tokens, n_tokens=n, depth=needles[0][1],
