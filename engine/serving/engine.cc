@@ -9,6 +9,7 @@
 #include <random>
 #include <thread>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
@@ -16,6 +17,7 @@
 #include "engine/serving/logits_processing.h"
 #include "engine/serving/scheduler.h"
 #include "engine/serving/sequence.h"
+#include "engine/serving/tenant_book.h"
 #include "kvcache/kv_compressor.h"
 #include "kvcache/paged_kv_cache.h"
 
@@ -159,12 +161,42 @@ class EngineImpl {
       if (draining_.load()) {
         return absl::UnavailableError("the server is draining; retry on another replica");
       }
+      // Requests naming an unknown tenant are the default tenant's.
+      if (!submit_limits_.contains(r.tenant)) r.tenant.clear();
+      SubmitCounts& counts = submit_counts_[r.tenant];
       if (queued_ >= config_.max_waiting) {
         ++rejected_;
+        ++counts.rejected;
         return absl::ResourceExhaustedError(absl::StrCat("the server's queue is full (",
                                                          config_.max_waiting,
                                                          " requests waiting); retry later"));
       }
+      if (auto it = submit_limits_.find(r.tenant); it != submit_limits_.end() &&
+                                                   it->second.max_queued > 0 &&
+                                                   counts.queued >= it->second.max_queued) {
+        ++rejected_;
+        ++counts.rejected;
+        return absl::ResourceExhaustedError(
+            absl::StrCat("tenant '", r.tenant, "' has ", counts.queued,
+                         " requests queued (its max_queued); retry later"));
+      }
+      if (auto it = submit_limits_.find(r.tenant);
+          it != submit_limits_.end() && it->second.kv_budget_bytes > 0) {
+        // New blocks start uncompressed, so a request must fit its tenant's
+        // budget in f16 to be sure to make progress.
+        const int64_t need =
+            static_cast<int64_t>(blocks) * static_cast<int64_t>(kv_->pool().bytes_per_block());
+        if (need > it->second.kv_budget_bytes) {
+          ++rejected_;
+          ++counts.rejected;
+          return absl::InvalidArgumentError(
+              absl::StrCat("the request needs ", need, " bytes of KV cache (", total,
+                           " tokens) but tenant '", r.tenant, "' has a budget of ",
+                           it->second.kv_budget_bytes, " bytes; reduce the prompt or max_tokens"));
+        }
+      }
+      ++counts.queued;
+      ++counts.submitted;
       state = std::make_shared<RequestState>(std::move(r), next_arrival_++, [this] { Wake(); });
       inbox_.push_back(state);
       ++queued_;
@@ -195,6 +227,8 @@ class EngineImpl {
     }
     {
       std::lock_guard<std::mutex> lock(mu_);
+      submit_limits_.clear();
+      for (const TenantLimits& t : tenants) submit_limits_[t.id] = t;
       tenant_limits_ = std::move(tenants);
       tenants_changed_ = true;
     }
@@ -265,6 +299,11 @@ class EngineImpl {
         }
         if (stopping_) break;
         incoming.swap(inbox_);
+        if (tenants_changed_) {
+          tenants_.SetTable(tenant_limits_);
+          tenants_changed_ = false;
+          for (auto& s : seqs_) s->tenant = tenants_.IndexOf(s->request->request.tenant);
+        }
       }
       for (auto& r : incoming) Admit(std::move(r));
       HandleCancellations();
@@ -298,6 +337,7 @@ class EngineImpl {
       s->request = r.get();
       s->choice = c;
       s->priority = req.priority;
+      s->tenant = tenants_.IndexOf(req.tenant);
       s->arrival = r->arrival;
       s->tokens = req.prompt;
       s->prompt_len = static_cast<int>(req.prompt.size());
@@ -340,14 +380,16 @@ class EngineImpl {
                                [&](const std::unique_ptr<Sequence>& s) { return gone(s.get()); }),
                 seqs_.end());
     const size_t before = requests_.size();
-    requests_.erase(std::remove_if(requests_.begin(), requests_.end(),
-                                   [&](const std::shared_ptr<RequestState>& r) {
-                                     for (const auto& s : seqs_) {
-                                       if (s->request == r.get()) return false;
-                                     }
-                                     return true;
-                                   }),
-                    requests_.end());
+    requests_.erase(
+        std::remove_if(requests_.begin(), requests_.end(),
+                       [&](const std::shared_ptr<RequestState>& r) {
+                         for (const auto& s : seqs_) {
+                           if (s->request == r.get()) return false;
+                         }
+                         ++tenants_.counters(tenants_.IndexOf(r->request.tenant)).requests_finished;
+                         return true;
+                       }),
+        requests_.end());
     const int finished = static_cast<int>(before - requests_.size());
     requests_finished_ += finished;
     if (finished > 0) {
@@ -361,9 +403,29 @@ class EngineImpl {
     }
   }
 
+  // KV bytes each tenant's sequences hold as stored ([tenant]).
+  std::vector<int64_t> TenantHeldBytes() const {
+    std::vector<int64_t> held(tenants_.size(), 0);
+    for (const Sequence* s : running_) {
+      held[s->tenant] += static_cast<int64_t>(kv_->SequenceBytes(s->id));
+    }
+    return held;
+  }
+
+  ScheduleLimits MakeLimits() {
+    ScheduleLimits limits{config_.max_batch_tokens, config_.max_running};
+    std::vector<uint8_t> active(tenants_.size(), 0);
+    for (const Sequence* s : running_) active[s->tenant] = 1;
+    for (const Sequence* s : waiting_) active[s->tenant] = 1;
+    limits.tenants = tenants_.Shares(TenantHeldBytes(), active,
+                                     static_cast<int64_t>(kv_->pool().bytes_per_block()),
+                                     /*credit=*/2.0 * config_.max_batch_tokens);
+    return limits;
+  }
+
   void Step() {
     if (running_.empty() && waiting_.empty()) return;
-    ScheduleLimits limits{config_.max_batch_tokens, config_.max_running};
+    ScheduleLimits limits = MakeLimits();
     SchedulerDecision d = scheduler_->Schedule(running_, waiting_, *kv_, limits);
     if (!d.preempted.empty()) {
       // Memory is short: compress harder before preempting anyone. Aim for
@@ -385,6 +447,7 @@ class EngineImpl {
       running_.erase(std::find(running_.begin(), running_.end(), s));
       waiting_.push_back(s);
       ++preemptions_;
+      ++tenants_.counters(s->tenant).preemptions;
     }
     for (Sequence* s : d.admitted) {
       waiting_.erase(std::find(waiting_.begin(), waiting_.end(), s));
@@ -392,7 +455,10 @@ class EngineImpl {
       s->running = true;
       if (!s->first_scheduled) {
         s->first_scheduled = Clock::now();
-        if (s->choice == 0) prompt_tokens_ += s->prompt_len;
+        if (s->choice == 0) {
+          prompt_tokens_ += s->prompt_len;
+          tenants_.counters(s->tenant).prompt_tokens += s->prompt_len;
+        }
       }
     }
     if (d.empty()) {
@@ -446,6 +512,7 @@ class EngineImpl {
       return;
     }
     compressor_->EndStep(ran_);
+    for (const ScheduledChunk& ch : d.chunks) tenants_.Charge(ch.seq->tenant, ch.n_tokens);
     const int n_vocab = runner_->config().n_vocab;
     int row = 0;
     for (const ScheduledChunk& ch : d.chunks) {
@@ -502,6 +569,7 @@ class EngineImpl {
     s->tokens.push_back(token);
     ++s->generated;
     ++generation_tokens_;
+    ++tenants_.counters(s->tenant).generation_tokens;
     ++s->output_counts[token];
     if (!s->seen.empty()) s->seen[token] = 1;
 
@@ -571,6 +639,7 @@ class EngineImpl {
       t.prompt_tokens = s->prompt_len;
       t.completion_tokens = s->generated;
       t.finish = reason;
+      t.tenant = tenants_.limits(s->tenant).id;
       t.kv_policy = s->kv_spec.policy;
       t.kv_bytes = e.kv_bytes;
       t.kv_bytes_uncompressed = e.kv_bytes_uncompressed;
@@ -620,7 +689,50 @@ class EngineImpl {
     st.requests_rejected = rejected_;
     st.requests_finished = requests_finished_;
     queued_ = static_cast<int>(inbox_.size()) + CountWaitingRequests();
+    PublishTenantStats(&st);
     stats_ = st;
+  }
+
+  // Fills st->tenants; mu_ held.
+  void PublishTenantStats(EngineStats* st) {
+    for (auto& [id, c] : submit_counts_) c.queued = 0;
+    for (const auto& r : inbox_) ++submit_counts_[r->request.tenant].queued;
+    std::vector<uint8_t> queued_request(requests_.size(), 0);
+    for (size_t i = 0; i < requests_.size(); ++i) {
+      bool any_running = false;
+      for (const Sequence* s : running_) any_running |= s->request == requests_[i].get();
+      if (!any_running) ++submit_counts_[requests_[i]->request.tenant].queued;
+    }
+    const std::vector<int64_t> held = TenantHeldBytes();
+    const int64_t block_bytes = static_cast<int64_t>(kv_->pool().bytes_per_block());
+    for (int t = 0; t < tenants_.size(); ++t) {
+      TenantStats ts = tenants_.counters(t);
+      const TenantLimits& lim = tenants_.limits(t);
+      ts.kv_bytes = held[t];
+      ts.kv_budget_bytes = lim.kv_budget_bytes;
+      for (const Sequence* s : running_) {
+        if (s->tenant == t) {
+          ++ts.running;
+          ts.kv_bytes_uncompressed += kv_->NumBlocks(s->id) * block_bytes;
+        }
+      }
+      for (const Sequence* s : waiting_) ts.waiting += s->tenant == t;
+      for (const auto& r : inbox_) {
+        if (tenants_.IndexOf(r->request.tenant) == t) ts.waiting += r->request.n;
+      }
+      if (auto it = submit_counts_.find(lim.id); it != submit_counts_.end()) {
+        ts.requests_submitted = it->second.submitted;
+        ts.requests_rejected = it->second.rejected;
+      }
+      // The default tenant is listed only once it has had requests.
+      if (t == 0 && ts.requests_submitted == 0 && ts.requests_rejected == 0) continue;
+      st->tenants.push_back(std::move(ts));
+    }
+    // Listed first among configured tenants is clearer for readers: move
+    // the default tenant to the end.
+    if (!st->tenants.empty() && st->tenants.front().id.empty()) {
+      std::rotate(st->tenants.begin(), st->tenants.begin() + 1, st->tenants.end());
+    }
   }
 
   int CountWaitingRequests() const {
@@ -651,6 +763,7 @@ class EngineImpl {
   int next_seq_id_ = 0;
   int64_t preemptions_ = 0, prompt_tokens_ = 0, generation_tokens_ = 0, steps_ = 0;
   int64_t requests_finished_ = 0;
+  TenantBook tenants_;
 
   // Shared with front-end threads.
   mutable std::mutex mu_;
@@ -668,9 +781,15 @@ class EngineImpl {
   int64_t submitted_ = 0, rejected_ = 0;  // guarded by mu_
   EngineStats stats_;                     // guarded by mu_
   // The tenant table from SetTenants, picked up by the engine thread at its
-  // next step when tenants_changed_.
-  std::vector<TenantLimits> tenant_limits_;  // guarded by mu_
-  bool tenants_changed_ = false;             // guarded by mu_
+  // next step when tenants_changed_, and by id for Submit's checks.
+  std::vector<TenantLimits> tenant_limits_;                       // guarded by mu_
+  bool tenants_changed_ = false;                                  // guarded by mu_
+  absl::flat_hash_map<std::string, TenantLimits> submit_limits_;  // guarded by mu_
+  struct SubmitCounts {
+    int queued = 0;  // submitted and not yet running (recounted every step)
+    int64_t submitted = 0, rejected = 0;
+  };
+  absl::flat_hash_map<std::string, SubmitCounts> submit_counts_;  // guarded by mu_
   std::atomic<bool> ready_{false};
   std::thread thread_;
 };

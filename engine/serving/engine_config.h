@@ -20,7 +20,7 @@ struct EngineConfig {
   int max_context = 0;                   // prompt + output limit; 0 = the model's context
   int max_n = 8;                         // cap of GenerationRequest::n
   int max_logprobs = 20;                 // cap of GenerationRequest::logprobs
-  std::string scheduler = "fcfs";        // scheduling policy by name
+  std::string scheduler = "fair";        // scheduling policy by name (MakeScheduler)
   // KV compression: the spec of requests that do not give one, and the
   // knobs shared by every sequence (scores, protection, pressure).
   kvcache::KvCompressionSpec kv_compression;

@@ -27,6 +27,9 @@ struct Sequence {
   int choice = 0;
   int priority = 0;
   uint64_t arrival = 0;  // submission order, for FCFS ties
+  // Index of the request's tenant in ScheduleLimits::tenants (0 when the
+  // engine has no tenant table).
+  int tenant = 0;
 
   std::vector<int32_t> tokens;  // prompt, then generated tokens
   int prompt_len = 0;

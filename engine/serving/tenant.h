@@ -22,15 +22,15 @@ struct TenantLimits {
 // tenant (requests with an empty tenant id) reports under id "".
 struct TenantStats {
   std::string id;
-  int running = 0;  // sequences running
-  int waiting = 0;  // requests queued
+  int running = 0;                    // sequences running
+  int waiting = 0;                    // requests queued
   int64_t kv_bytes = 0;               // KV bytes its sequences hold, shared blocks once
   int64_t kv_bytes_uncompressed = 0;  // what the same blocks take in f16
   int64_t kv_budget_bytes = 0;        // its budget (0 = none)
   int64_t requests_submitted = 0;
   int64_t requests_finished = 0;
-  int64_t requests_rejected = 0;  // Submit refused (queue full, invalid)
-  int64_t prompt_tokens = 0;      // prompt tokens prefilled (recomputes included)
+  int64_t requests_rejected = 0;     // Submit refused (queue full, invalid)
+  int64_t prompt_tokens = 0;         // prompt tokens prefilled (recomputes included)
   int64_t cached_prompt_tokens = 0;  // prompt tokens served from the prefix cache
   int64_t generation_tokens = 0;
   int64_t preemptions = 0;
