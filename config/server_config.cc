@@ -127,6 +127,11 @@ const std::vector<OptionSpec>& Specs() {
                   "requests get this long to finish; the rest then end with an error and the "
                   "server exits 0 (0 = do not wait)"},
                  NumberAt<double>([](ServerConfig* c) { return &c->drain_timeout_s; })});
+    s.push_back({{"tenants", "FILE", "",
+                  "tenants file (JSON): tenant ids, API key hashes, KV budgets, limits, weights "
+                  "and default compression; every route but /health then needs "
+                  "'Authorization: Bearer KEY'; SIGHUP reloads it (none = single-tenant, no keys)"},
+                 StringField(&ServerConfig::tenants_path)});
     s.push_back({{"kv-cache-bytes", "SIZE", "min(25% of memory, 2GiB)",
                   "paged KV cache size: bytes or with a unit (512MiB, 2GiB, 1.5G, 4GB)"},
                  [](ServerConfig* c, std::string_view name, std::string_view v) -> absl::Status {

@@ -35,6 +35,11 @@ struct ServerConfig {
   // On SIGTERM/SIGINT, how long requests in flight may take to finish
   // before they are aborted; 0 aborts them at once. Option drain-timeout.
   double drain_timeout_s = 30;
+  // The tenants file (config/tenants.h); empty = single-tenant mode, no API
+  // keys. A relative path is relative to the working directory, as `model`
+  // is. Read by `kvserve serve`, not by Build(), so that SIGHUP can reload
+  // it. Option tenants.
+  std::string tenants_path;
   engine::EngineConfig engine;
 };
 

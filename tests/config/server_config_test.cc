@@ -100,7 +100,7 @@ TEST(ServerConfigTest, EveryOptionIsListedForHelp) {
   for (const char* expected :
        {"model", "model-name", "host", "port", "grpc-port", "threads", "log-level",
         "kv-cache-bytes", "max-running", "max-waiting", "max-batch-tokens", "max-context", "max-n",
-        "max-logprobs", "drain-timeout"}) {
+        "max-logprobs", "drain-timeout", "tenants"}) {
     EXPECT_THAT(names, ::testing::Contains(expected));
   }
 }
@@ -209,6 +209,17 @@ TEST(ServerConfigTest, JsonFileThenFlagsOverride) {
   EXPECT_TRUE(c->engine.check_invariants);
   EXPECT_EQ(c->drain_timeout_s, 0);  // 0 is valid: abort at once
   std::remove(path.c_str());
+}
+
+TEST(ServerConfigTest, TenantsFileFromTheConfigAndTheFlagWins) {
+  EXPECT_EQ(WithModel().Build()->tenants_path, "");  // single-tenant by default
+  ServerConfigBuilder b = WithModel();
+  ASSERT_TRUE(b.ApplyJson(R"({"tenants": "/etc/kvserve/tenants/tenants.json"})", "c.json").ok());
+  auto from_file = b.Build();
+  ASSERT_TRUE(from_file.ok()) << from_file.status();
+  EXPECT_EQ(from_file->tenants_path, "/etc/kvserve/tenants/tenants.json");
+  ASSERT_TRUE(b.Set("tenants", "other.json").ok());  // --tenants after the file wins
+  EXPECT_EQ(b.Build()->tenants_path, "other.json");
 }
 
 TEST(ServerConfigTest, JsonErrorsNameTheKeyAndTheSource) {
