@@ -58,8 +58,9 @@ def _launcher(args, grid, log_dir):
                           startup_timeout=args.startup_timeout, log_dir=log_dir)
 
 
-def _print_summary(rows, out=sys.stdout):
-    """The setting "all" rows as an aligned table."""
+def _print_summary(rows, out=None):
+    """The setting "all" rows as an aligned table (to stdout by default)."""
+    out = out or sys.stdout
     rows = [r for r in rows if r["setting"] == "all"]
     header = ("policy", "ratio", "task", "metric", "value", "ci_low", "ci_high", "n",
               "kv_ratio", "errors")
