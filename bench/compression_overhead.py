@@ -23,11 +23,12 @@ import os
 import statistics
 import sys
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import haystack  # noqa: E402
-from passkey import Server, command_line, free_port, git_commit, http_json, log  # noqa: E402
+from kvserve_eval.client import Client, http_json  # noqa: E402
+from kvserve_eval.server import ServerLauncher  # noqa: E402
+from kvserve_eval.util import command_line, git_commit, log  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = [("none", 1.0), ("attention-guided", 1.0), ("attention-guided", 0.25),
@@ -35,15 +36,10 @@ SETTINGS = [("none", 1.0), ("attention-guided", 1.0), ("attention-guided", 0.25)
 
 
 def scrape(url):
-    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
-        text = r.read().decode()
-    want = {"kvserve_step_duration_seconds_sum": 0.0, "kvserve_step_duration_seconds_count": 0.0,
-            "kvserve_kv_compression_seconds_total": 0.0, "kvserve_generation_tokens_total": 0.0}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in want:
-            want[name] = float(value)
-    return want
+    series = Client(url).metrics()
+    names = ("kvserve_step_duration_seconds_sum", "kvserve_step_duration_seconds_count",
+             "kvserve_kv_compression_seconds_total", "kvserve_generation_tokens_total")
+    return {name: series.get(name, 0.0) for name in names}
 
 
 def run_setting(url, prompts, policy, ratio, max_tokens):
@@ -113,10 +109,9 @@ def main():
     prompts = [haystack.make_passkey_prompt(args.prompt_tokens, 0.5, seed=100 + i,
                                             tokenizer=tok).prompt
                for i in range(args.concurrent)]
-    port = free_port()
-    server = Server([args.bin, "serve", "--model", args.model, "--port", str(port),
-                     "--grpc-port", "0", "--threads", str(args.threads),
-                     "--kv-cache-bytes", "2GiB", "--log-level", "warn"], 120)
+    server = ServerLauncher(args.bin, args.model, args.threads,
+                            ["--kv-cache-bytes", "2GiB", "--log-level", "warn"],
+                            startup_timeout=120, name="kvserve-overhead")
     url = server.start()
     rows = []
     try:

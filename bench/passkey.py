@@ -38,12 +38,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import haystack  # noqa: E402
+from kvserve_eval import sweep  # noqa: E402
 from kvserve_eval.client import Client  # noqa: E402
 from kvserve_eval.server import ServerLauncher  # noqa: E402
 from kvserve_eval.util import command_line, csv_list, git_commit, log  # noqa: E402
 
 REPO = haystack.REPO
-POLICIES = ("none", "streaming", "h2o", "snapkv", "quant-uniform", "attention-guided")
+POLICIES = sweep.POLICIES
 RATIOS = (0.5, 0.25, 0.125)
 LENGTHS = (2048, 4096, 8192)
 DEPTHS = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -52,9 +53,7 @@ DEFAULT_BIN = os.path.join(REPO, "build", "server", "kvserve")
 
 def settings(policies, ratios):
     """[(policy, target ratio)]: none once at ratio 1, the others at every ratio."""
-    out = [("none", 1.0)] if "none" in policies else []
-    out += [(p, r) for p in policies if p != "none" for r in ratios]
-    return out
+    return [(s.policy, s.ratio) for s in sweep.settings(policies, ratios)]
 
 
 # --- requests ---------------------------------------------------------------------------
