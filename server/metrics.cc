@@ -49,6 +49,20 @@ const prometheus::Histogram::BucketBoundaries& KvRatioBuckets() {
   return *kBuckets;
 }
 
+// Drops the series with exactly these labels, if there is one (`args` are
+// what Add needs to make one, never used since it exists).
+template <typename T, typename... Args>
+void RemoveSeries(prometheus::Family<T>* family, const prometheus::Labels& labels, Args&&... args) {
+  if (family->Has(labels)) family->Remove(&family->Add(labels, std::forward<Args>(args)...));
+}
+
+// Seconds, for the per-tenant latency histograms.
+const prometheus::Histogram::BucketBoundaries& LatencyBuckets() {
+  static const auto* const kBuckets = new prometheus::Histogram::BucketBoundaries{
+      0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0};
+  return *kBuckets;
+}
+
 }  // namespace
 
 Metrics::Metrics(const std::string& model_name)
@@ -231,12 +245,56 @@ Metrics::Metrics(const std::string& model_name)
                         .Name("kvserve_http_requests_total")
                         .Help("HTTP requests by route, method and response status code.")
                         .Register(reg);
+
+  auto gauge = [&](const char* name, const char* help) {
+    return &BuildGauge().Name(name).Help(help).Register(reg);
+  };
+  auto counter = [&](const char* name, const char* help) {
+    return &BuildCounter().Name(name).Help(help).Register(reg);
+  };
+  tenant_kv_bytes_ = gauge("kvserve_tenant_kv_bytes",
+                           "KV cache bytes a tenant's running sequences hold, by tier.");
+  tenant_kv_uncompressed_bytes_ =
+      gauge("kvserve_tenant_kv_uncompressed_bytes",
+            "Bytes the same KV blocks of a tenant would take uncompressed (f16).");
+  tenant_kv_saved_bytes_ =
+      gauge("kvserve_tenant_kv_saved_bytes", "Uncompressed minus stored KV bytes of a tenant.");
+  tenant_kv_budget_bytes_ =
+      gauge("kvserve_tenant_kv_budget_bytes", "A tenant's KV budget in bytes (0: none).");
+  tenant_running_ = gauge("kvserve_tenant_requests_running", "A tenant's running sequences.");
+  tenant_waiting_ = gauge("kvserve_tenant_requests_waiting", "A tenant's queued sequences.");
+  tenant_requests_ = counter("kvserve_tenant_requests_total",
+                             "A tenant's requests: outcome=\"finished\" or \"rejected\".");
+  tenant_tokens_ = counter("kvserve_tenant_tokens_total",
+                           "A tenant's tokens: kind=\"prompt\" (prefilled), \"cached\" "
+                           "(prompt tokens served from the prefix cache) or \"generation\".");
+  tenant_preemptions_ =
+      counter("kvserve_tenant_preemptions_total", "Preemptions of a tenant's sequences.");
+  tenant_budget_reclaims_ =
+      counter("kvserve_tenant_kv_budget_reclaims_total",
+              "Times a tenant's own sequences were compressed harder to stay in its KV budget.");
+  tenant_queue_ = &BuildHistogram()
+                       .Name("kvserve_tenant_request_queue_time_seconds")
+                       .Help("Time from submission to first scheduling, per tenant.")
+                       .Register(reg);
+  tenant_ttft_ = &BuildHistogram()
+                      .Name("kvserve_tenant_time_to_first_token_seconds")
+                      .Help("Time from submission to the first token, per tenant.")
+                      .Register(reg);
 }
 
 Metrics::~Metrics() = default;
 
 void Metrics::OnChoiceFinished(const engine::RequestTimings& t) {
   finished_->Add({{"finish_reason", FinishLabel(t.finish)}}).Increment();
+  if (!t.tenant.empty()) {
+    // The engine names only tenants of its table here (bounded labels).
+    const prometheus::Labels tenant = {{"tenant", t.tenant}};
+    if (t.queue_s > 0) tenant_queue_->Add(tenant, LatencyBuckets()).Observe(t.queue_s);
+    if (t.completion_tokens > 0 && t.ttft_s > 0) {
+      tenant_ttft_->Add(tenant, LatencyBuckets()).Observe(t.ttft_s);
+    }
+  }
   if (t.queue_s > 0) queue_->Observe(t.queue_s);
   if (t.completion_tokens > 0 && t.ttft_s > 0) ttft_->Observe(t.ttft_s);
   if (t.completion_tokens >= 2) tpot_->Observe(t.tpot_s);
@@ -304,7 +362,66 @@ std::string Metrics::Render(const engine::EngineStats& s) {
   AdvanceTo(kv_compress_failed_, s.kv_compress_failed);
   AdvanceTo(kv_reclaim_rounds_, s.kv_reclaim_rounds);
   AdvanceTo(kv_policy_seconds_, s.kv_policy_seconds);
+  RenderTenants(s);
   return prometheus::TextSerializer().Serialize(registry_->Collect());
+}
+
+void Metrics::RenderTenants(const engine::EngineStats& s) {
+  std::vector<std::string> ids;
+  for (const engine::TenantStats& t : s.tenants) {
+    if (t.id.empty()) continue;
+    ids.push_back(t.id);
+    const prometheus::Labels l = {{"tenant", t.id}};
+    for (int tier = 0; tier < kvcache::kNumKvTiers; ++tier) {
+      if (tier == kEvicted) continue;
+      tenant_kv_bytes_->Add({{"tenant", t.id}, {"tier", TierLabel(tier)}})
+          .Set(static_cast<double>(t.kv_tier_bytes[tier]));
+    }
+    tenant_kv_uncompressed_bytes_->Add(l).Set(static_cast<double>(t.kv_bytes_uncompressed));
+    tenant_kv_saved_bytes_->Add(l).Set(
+        static_cast<double>(std::max<int64_t>(0, t.kv_bytes_uncompressed - t.kv_bytes)));
+    tenant_kv_budget_bytes_->Add(l).Set(static_cast<double>(t.kv_budget_bytes));
+    tenant_running_->Add(l).Set(t.running);
+    tenant_waiting_->Add(l).Set(t.waiting);
+    AdvanceTo(&tenant_requests_->Add({{"tenant", t.id}, {"outcome", "finished"}}),
+              t.requests_finished);
+    AdvanceTo(&tenant_requests_->Add({{"tenant", t.id}, {"outcome", "rejected"}}),
+              t.requests_rejected);
+    AdvanceTo(&tenant_tokens_->Add({{"tenant", t.id}, {"kind", "prompt"}}), t.prompt_tokens);
+    AdvanceTo(&tenant_tokens_->Add({{"tenant", t.id}, {"kind", "cached"}}), t.cached_prompt_tokens);
+    AdvanceTo(&tenant_tokens_->Add({{"tenant", t.id}, {"kind", "generation"}}),
+              t.generation_tokens);
+    AdvanceTo(&tenant_preemptions_->Add(l), t.preemptions);
+    AdvanceTo(&tenant_budget_reclaims_->Add(l), t.budget_reclaims);
+  }
+  // A tenant a reload removed: its series go (its counters would restart
+  // from zero if it came back, which Prometheus reads as a counter reset).
+  for (const std::string& old : tenant_ids_) {
+    if (std::find(ids.begin(), ids.end(), old) != ids.end()) continue;
+    RemoveTenantSeries(old);
+  }
+  tenant_ids_ = std::move(ids);
+}
+
+void Metrics::RemoveTenantSeries(const std::string& id) {
+  const prometheus::Labels l = {{"tenant", id}};
+  for (int tier = 0; tier < kvcache::kNumKvTiers; ++tier) {
+    RemoveSeries(tenant_kv_bytes_, {{"tenant", id}, {"tier", TierLabel(tier)}});
+  }
+  for (auto* f : {tenant_kv_uncompressed_bytes_, tenant_kv_saved_bytes_, tenant_kv_budget_bytes_,
+                  tenant_running_, tenant_waiting_}) {
+    RemoveSeries(f, l);
+  }
+  for (const char* outcome : {"finished", "rejected"}) {
+    RemoveSeries(tenant_requests_, {{"tenant", id}, {"outcome", outcome}});
+  }
+  for (const char* kind : {"prompt", "cached", "generation"}) {
+    RemoveSeries(tenant_tokens_, {{"tenant", id}, {"kind", kind}});
+  }
+  RemoveSeries(tenant_preemptions_, l);
+  RemoveSeries(tenant_budget_reclaims_, l);
+  RemoveSeries(tenant_queue_, l, LatencyBuckets());
+  RemoveSeries(tenant_ttft_, l, LatencyBuckets());
 }
 
 }  // namespace kvserve::server

@@ -21,6 +21,7 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "engine/serving/engine_stats.h"
 #include "kvcache/kv_tier.h"
@@ -102,6 +103,26 @@ class Metrics : public engine::EngineObserver {
   prometheus::Family<prometheus::Counter>* request_kv_saved_bytes_;
   // From the HTTP server.
   prometheus::Family<prometheus::Counter>* http_requests_;
+
+  // Per tenant, labelled tenant="<id>": only tenants of the current table
+  // (EngineStats::tenants, the default tenant left out), so the label's
+  // values are bounded by the tenants file and never carry a key or a
+  // prompt. Series of a tenant that a reload removed are dropped.
+  void RenderTenants(const engine::EngineStats& s);
+  void RemoveTenantSeries(const std::string& id);
+  prometheus::Family<prometheus::Gauge>* tenant_kv_bytes_;  // {tenant, tier}
+  prometheus::Family<prometheus::Gauge>* tenant_kv_uncompressed_bytes_;
+  prometheus::Family<prometheus::Gauge>* tenant_kv_saved_bytes_;
+  prometheus::Family<prometheus::Gauge>* tenant_kv_budget_bytes_;
+  prometheus::Family<prometheus::Gauge>* tenant_running_;
+  prometheus::Family<prometheus::Gauge>* tenant_waiting_;
+  prometheus::Family<prometheus::Counter>* tenant_requests_;  // {tenant, outcome}
+  prometheus::Family<prometheus::Counter>* tenant_tokens_;    // {tenant, kind}
+  prometheus::Family<prometheus::Counter>* tenant_preemptions_;
+  prometheus::Family<prometheus::Counter>* tenant_budget_reclaims_;
+  prometheus::Family<prometheus::Histogram>* tenant_queue_;  // from the observer
+  prometheus::Family<prometheus::Histogram>* tenant_ttft_;
+  std::vector<std::string> tenant_ids_;  // rendered last time; guarded by render_mu_
 
   std::mutex render_mu_;  // one scrape at a time, so the counter deltas add up
 };

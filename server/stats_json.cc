@@ -22,6 +22,35 @@ json ByTier(const std::array<int64_t, kvcache::kNumKvTiers>& v) {
 
 }  // namespace
 
+namespace {
+
+// Configured tenants only (the default tenant of unkeyed requests is the
+// server's totals), in the table's order.
+json TenantsJson(const engine::EngineStats& s) {
+  json out = json::array();
+  for (const engine::TenantStats& t : s.tenants) {
+    if (t.id.empty()) continue;
+    const int64_t saved = std::max<int64_t>(0, t.kv_bytes_uncompressed - t.kv_bytes);
+    out.push_back({{"tenant", t.id},
+                   {"running", t.running},
+                   {"waiting", t.waiting},
+                   {"kv_bytes", t.kv_bytes},
+                   {"kv_uncompressed_bytes", t.kv_bytes_uncompressed},
+                   {"kv_saved_bytes", saved},
+                   {"kv_budget_bytes", t.kv_budget_bytes},
+                   {"kv_bytes_by_tier", ByTier(t.kv_tier_bytes)},
+                   {"requests_finished", t.requests_finished},
+                   {"requests_rejected", t.requests_rejected},
+                   {"prompt_tokens", t.prompt_tokens},
+                   {"cached_prompt_tokens", t.cached_prompt_tokens},
+                   {"generation_tokens", t.generation_tokens},
+                   {"preemptions", t.preemptions}});
+  }
+  return out;
+}
+
+}  // namespace
+
 json StatsJson(const engine::EngineStats& s, const StatsContext& context) {
   int64_t stored = 0;
   for (int64_t b : s.kv_tier_bytes) stored += b;
@@ -73,8 +102,7 @@ json StatsJson(const engine::EngineStats& s, const StatsContext& context) {
            {"kv_reclaim_rounds", s.kv_reclaim_rounds},
            {"kv_compression_seconds", s.kv_policy_seconds},
        }},
-      // Per-tenant use; the engine has no tenants yet, so always empty.
-      {"tenants", json::array()},
+      {"tenants", TenantsJson(s)},
   };
 }
 

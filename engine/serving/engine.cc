@@ -703,19 +703,26 @@ class EngineImpl {
       for (const Sequence* s : running_) any_running |= s->request == requests_[i].get();
       if (!any_running) ++submit_counts_[requests_[i]->request.tenant].queued;
     }
-    const std::vector<int64_t> held = TenantHeldBytes();
     const int64_t block_bytes = static_cast<int64_t>(kv_->pool().bytes_per_block());
+    const auto& pool = kv_->pool();
     for (int t = 0; t < tenants_.size(); ++t) {
       TenantStats ts = tenants_.counters(t);
       const TenantLimits& lim = tenants_.limits(t);
-      ts.kv_bytes = held[t];
       ts.kv_budget_bytes = lim.kv_budget_bytes;
       for (const Sequence* s : running_) {
-        if (s->tenant == t) {
-          ++ts.running;
-          ts.kv_bytes_uncompressed += kv_->NumBlocks(s->id) * block_bytes;
+        if (s->tenant != t) continue;
+        ++ts.running;
+        ts.kv_bytes_uncompressed += kv_->NumBlocks(s->id) * block_bytes;
+        for (int l = 0; l < kv_->shape().n_layers; ++l) {
+          kv_->Tiers(s->id, l, &tiers_scratch_);
+          for (kvcache::KvTier tier : tiers_scratch_) {
+            ts.kv_tier_bytes[kvcache::TierIndex(tier)] +=
+                static_cast<int64_t>(pool.unit_bytes(tier));
+          }
         }
       }
+      ts.kv_tier_bytes[kvcache::TierIndex(kvcache::KvTier::kEvicted)] = 0;
+      for (int64_t b : ts.kv_tier_bytes) ts.kv_bytes += b;
       for (const Sequence* s : waiting_) ts.waiting += s->tenant == t;
       for (const auto& r : inbox_) {
         if (tenants_.IndexOf(r->request.tenant) == t) ts.waiting += r->request.n;
@@ -764,6 +771,7 @@ class EngineImpl {
   int64_t preemptions_ = 0, prompt_tokens_ = 0, generation_tokens_ = 0, steps_ = 0;
   int64_t requests_finished_ = 0;
   TenantBook tenants_;
+  std::vector<kvcache::KvTier> tiers_scratch_;
 
   // Shared with front-end threads.
   mutable std::mutex mu_;

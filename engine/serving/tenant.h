@@ -4,9 +4,12 @@
 // Thread-safety: plain values.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
+
+#include "kvcache/kv_tier.h"
 
 namespace kvserve::engine {
 
@@ -22,11 +25,12 @@ struct TenantLimits {
 // tenant (requests with an empty tenant id) reports under id "".
 struct TenantStats {
   std::string id;
-  int running = 0;                    // sequences running
-  int waiting = 0;                    // requests queued
-  int64_t kv_bytes = 0;               // KV bytes its sequences hold, shared blocks once
-  int64_t kv_bytes_uncompressed = 0;  // what the same blocks take in f16
-  int64_t kv_budget_bytes = 0;        // its budget (0 = none)
+  int running = 0;       // sequences running
+  int waiting = 0;       // requests queued
+  int64_t kv_bytes = 0;  // KV bytes its sequences hold, shared blocks once
+  std::array<int64_t, kvcache::kNumKvTiers> kv_tier_bytes{};  // kv_bytes by tier (kEvicted: 0)
+  int64_t kv_bytes_uncompressed = 0;                          // what the same blocks take in f16
+  int64_t kv_budget_bytes = 0;                                // its budget (0 = none)
   int64_t requests_submitted = 0;
   int64_t requests_finished = 0;
   int64_t requests_rejected = 0;     // Submit refused (queue full, invalid)

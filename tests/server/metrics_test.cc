@@ -255,3 +255,70 @@ TEST(MetricsTest, HttpRequestsByRouteMethodAndStatus) {
 
 }  // namespace
 }  // namespace kvserve::server
+
+namespace kvserve::server {
+namespace {
+
+TEST(MetricsTenantTest, ConfiguredTenantsGetLabelledSeriesAndRemovedOnesGo) {
+  Metrics m("smol");
+  engine::EngineStats s;
+  engine::TenantStats acme;
+  acme.id = "acme";
+  acme.running = 2;
+  acme.waiting = 1;
+  acme.kv_tier_bytes[kvcache::TierIndex(kvcache::KvTier::kF16)] = 4000;
+  acme.kv_tier_bytes[kvcache::TierIndex(kvcache::KvTier::kInt4)] = 1000;
+  acme.kv_bytes = 5000;
+  acme.kv_bytes_uncompressed = 12000;
+  acme.kv_budget_bytes = 65536;
+  acme.requests_finished = 3;
+  acme.requests_rejected = 1;
+  acme.prompt_tokens = 900;
+  acme.cached_prompt_tokens = 640;
+  acme.generation_tokens = 30;
+  acme.preemptions = 2;
+  engine::TenantStats beta;
+  beta.id = "beta";
+  engine::TenantStats fallback;  // the default tenant: never labelled
+  fallback.requests_finished = 7;
+  s.tenants = {acme, beta, fallback};
+
+  engine::RequestTimings t;
+  t.tenant = "acme";
+  t.finish = engine::FinishReason::kStop;
+  t.queue_s = 0.2;
+  t.ttft_s = 0.3;
+  t.completion_tokens = 4;
+  m.OnChoiceFinished(t);
+
+  auto x = Samples(m.Render(s));
+  EXPECT_EQ(x["kvserve_tenant_kv_bytes{tenant=\"acme\",tier=\"f16\"}"], 4000);
+  EXPECT_EQ(x["kvserve_tenant_kv_bytes{tenant=\"acme\",tier=\"int4\"}"], 1000);
+  EXPECT_EQ(x.count("kvserve_tenant_kv_bytes{tenant=\"acme\",tier=\"evicted\"}"), 0u);
+  EXPECT_EQ(x["kvserve_tenant_kv_saved_bytes{tenant=\"acme\"}"], 7000);
+  EXPECT_EQ(x["kvserve_tenant_kv_budget_bytes{tenant=\"acme\"}"], 65536);
+  EXPECT_EQ(x["kvserve_tenant_requests_running{tenant=\"acme\"}"], 2);
+  EXPECT_EQ(x["kvserve_tenant_requests_waiting{tenant=\"acme\"}"], 1);
+  EXPECT_EQ(x["kvserve_tenant_requests_total{outcome=\"rejected\",tenant=\"acme\"}"], 1);
+  EXPECT_EQ(x["kvserve_tenant_requests_total{outcome=\"finished\",tenant=\"acme\"}"], 3);
+  EXPECT_EQ(x["kvserve_tenant_tokens_total{kind=\"cached\",tenant=\"acme\"}"], 640);
+  EXPECT_EQ(x["kvserve_tenant_preemptions_total{tenant=\"acme\"}"], 2);
+  EXPECT_EQ(x["kvserve_tenant_request_queue_time_seconds_count{tenant=\"acme\"}"], 1);
+  EXPECT_EQ(x["kvserve_tenant_time_to_first_token_seconds_count{tenant=\"acme\"}"], 1);
+  EXPECT_EQ(x["kvserve_tenant_requests_running{tenant=\"beta\"}"], 0);
+  for (const auto& [name, value] : x) {
+    EXPECT_EQ(name.find("tenant=\"\""), std::string::npos) << name;
+  }
+
+  // Counters only move forward; a reload that drops beta drops its series.
+  acme.requests_finished = 5;
+  s.tenants = {acme};
+  x = Samples(m.Render(s));
+  EXPECT_EQ(x["kvserve_tenant_requests_total{outcome=\"finished\",tenant=\"acme\"}"], 5);
+  for (const auto& [name, value] : x) {
+    EXPECT_EQ(name.find("beta"), std::string::npos) << name;
+  }
+}
+
+}  // namespace
+}  // namespace kvserve::server

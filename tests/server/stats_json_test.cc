@@ -97,6 +97,31 @@ TEST(StatsJsonTest, CarriesEveryFieldOfTheSnapshot) {
   EXPECT_TRUE(j["tenants"].empty());
 }
 
+TEST(StatsJsonTest, ConfiguredTenantsAreListedWithTheirUse) {
+  engine::EngineStats s;
+  engine::TenantStats acme;
+  acme.id = "acme";
+  acme.running = 1;
+  acme.kv_bytes = 3000;
+  acme.kv_tier_bytes[kvcache::TierIndex(kvcache::KvTier::kInt4)] = 3000;
+  acme.kv_bytes_uncompressed = 8000;
+  acme.kv_budget_bytes = 10000;
+  acme.cached_prompt_tokens = 64;
+  engine::TenantStats fallback;  // the default tenant: only in the totals
+  fallback.requests_finished = 3;
+  s.tenants = {acme, fallback};
+  json j = StatsJson(s, {});
+  ASSERT_EQ(j["tenants"].size(), 1u);
+  const json& t = j["tenants"][0];
+  EXPECT_EQ(t["tenant"], "acme");
+  EXPECT_EQ(t["running"], 1);
+  EXPECT_EQ(t["kv_bytes"], 3000);
+  EXPECT_EQ(t["kv_saved_bytes"], 5000);
+  EXPECT_EQ(t["kv_budget_bytes"], 10000);
+  EXPECT_EQ(t["kv_bytes_by_tier"]["int4"], 3000);
+  EXPECT_EQ(t["cached_prompt_tokens"], 64);
+}
+
 TEST(StatsJsonTest, KeysAreExactlyTheDocumentedOnes) {
   // A new field must be added to docs/metrics.md as well as here.
   const json j = StatsJson(SampleStats(), SampleContext());
