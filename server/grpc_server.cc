@@ -75,11 +75,12 @@ class InferenceService final : public v1::Inference::Service {
  public:
   // All pointers non-owning; they must outlive the service.
   InferenceService(std::string model_name, int max_context, engine::Engine* engine,
-                   const tokenizer::Tokenizer* tokenizer)
+                   const tokenizer::Tokenizer* tokenizer, const TenantRegistry* tenants)
       : model_name_(std::move(model_name)),
         max_context_(max_context),
         engine_(engine),
-        tokenizer_(tokenizer) {}
+        tokenizer_(tokenizer),
+        tenants_(tenants) {}
 
   grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
                         grpc::ServerWriter<v1::GenerateResponse>* writer) override {
@@ -101,8 +102,9 @@ class InferenceService final : public v1::Inference::Service {
     return status;
   }
 
-  grpc::Status ListModels(grpc::ServerContext*, const v1::ListModelsRequest*,
+  grpc::Status ListModels(grpc::ServerContext* context, const v1::ListModelsRequest*,
                           v1::ListModelsResponse* response) override {
+    if (auto tenant = Authenticate(context); !tenant.ok()) return ToGrpcStatus(tenant.status());
     v1::ModelInfo* model = response->add_models();
     model->set_name(model_name_);
     model->set_max_context(max_context_ > 0 ? max_context_ : engine_->config().max_context);
@@ -115,18 +117,38 @@ class InferenceService final : public v1::Inference::Service {
  private:
   std::string NextRequestId() { return absl::StrCat("grpc-", next_id_.fetch_add(1) + 1); }
 
+  // The caller's tenant from its "authorization" metadata; null without a
+  // registry (single-tenant).
+  absl::StatusOr<std::shared_ptr<const config::Tenant>> Authenticate(
+      const grpc::ServerContext* context) const {
+    if (tenants_ == nullptr) return nullptr;
+    const auto& metadata = context->client_metadata();
+    const auto [first, last] = metadata.equal_range("authorization");
+    if (first == last) return tenants_->Authenticate("");
+    if (std::next(first) != last) {
+      return absl::UnauthenticatedError("more than one authorization metadata entry");
+    }
+    return tenants_->Authenticate(std::string_view(first->second.data(), first->second.size()));
+  }
+
   // Submits `request` and hands each event to `on_event` until every
   // choice has finished. An error from `on_event` (the client is gone, or
   // an internal inconsistency) cancels the engine request.
   grpc::Status Run(grpc::ServerContext* context, const v1::GenerateRequest& request,
                    const std::string& id,
                    absl::FunctionRef<absl::Status(const engine::StreamEvent&)> on_event) {
+    absl::StatusOr<std::shared_ptr<const config::Tenant>> tenant = Authenticate(context);
+    if (!tenant.ok()) {
+      spdlog::debug("gRPC {}: {}", id, std::string(tenant.status().message()));
+      return ToGrpcStatus(tenant.status());
+    }
     if (active_.shutting_down()) {
       return ToGrpcStatus(absl::UnavailableError("the server is shutting down"));
     }
     absl::StatusOr<engine::GenerationRequest> converted =
         ToGenerationRequest(request, model_name_, *tokenizer_, id);
     if (!converted.ok()) return ToGrpcStatus(converted.status());
+    if (*tenant != nullptr) ApplyTenant(**tenant, &*converted);
     absl::StatusOr<std::shared_ptr<engine::RequestHandle>> submitted =
         engine_->Submit(*std::move(converted));
     if (!submitted.ok()) {
@@ -174,6 +196,7 @@ class InferenceService final : public v1::Inference::Service {
   const int max_context_;
   engine::Engine* const engine_;                 // not owned
   const tokenizer::Tokenizer* const tokenizer_;  // not owned
+  const TenantRegistry* const tenants_;          // not owned; null = single-tenant
   std::atomic<uint64_t> next_id_{0};
   ActiveRequests active_;
 };
@@ -182,7 +205,8 @@ class GrpcServerImpl final : public GrpcServer {
  public:
   GrpcServerImpl(const GrpcServerOptions& options, engine::Engine* engine,
                  const tokenizer::Tokenizer* tokenizer)
-      : engine_(engine), service_(options.model_name, options.max_context, engine, tokenizer) {}
+      : engine_(engine),
+        service_(options.model_name, options.max_context, engine, tokenizer, options.tenants) {}
 
   ~GrpcServerImpl() override { Shutdown(); }
 

@@ -2,6 +2,14 @@
 // inference.proto), the standard grpc.health.v1 health service and server
 // reflection, all served on one port.
 //
+// With a tenant registry (a tenants file), every kvserve.v1.Inference method
+// (Generate, Complete, ListModels) needs the metadata entry
+// "authorization: Bearer KEY" (tenant_registry.h) and answers
+// UNAUTHENTICATED without a valid one; the request is charged to the key's
+// tenant. Health checks and reflection stay open: probes and tools such as
+// grpcurl must work without a key, and neither reveals anything about
+// tenants or their requests.
+//
 // Thread-safety: Start/Shutdown from one thread; gRPC's threads call into
 // the engine through its thread-safe API only.
 #pragma once
@@ -12,6 +20,7 @@
 #include "absl/status/statusor.h"
 #include "engine/serving/engine.h"
 #include "engine/tokenizer/tokenizer.h"
+#include "server/tenant_registry.h"
 
 namespace kvserve::server {
 
@@ -21,6 +30,9 @@ struct GrpcServerOptions {
   // The request limit ListModels reports (prompt + output tokens); 0 reports
   // the engine's configured max_context.
   int max_context = 0;
+  // The tenants whose keys are accepted; null = single-tenant, no keys.
+  // Non-owning; must outlive the server.
+  const TenantRegistry* tenants = nullptr;
 };
 
 class GrpcServer {

@@ -51,6 +51,8 @@ struct RequestInfo {
   int status_override = 0;  // 499 when the client went away
   std::string note;         // why a request failed, for the log
   Clock::time_point start = Clock::now();
+  // The tenant the request authenticated as (null in single-tenant mode).
+  std::shared_ptr<const config::Tenant> tenant;
 };
 thread_local RequestInfo t_info;
 
@@ -390,7 +392,33 @@ class HttpServer::Impl {
               "method ", req.method, " is not allowed for ", req.path, "; use ", route->methods))));
       return httplib::Server::HandlerResponse::Handled;
     }
+    if (options_.tenants != nullptr && std::string_view(route->label) != "/health" &&
+        !Authenticate(req, res, *route)) {
+      return httplib::Server::HandlerResponse::Handled;
+    }
     return httplib::Server::HandlerResponse::Unhandled;
+  }
+
+  // Finds the request's tenant (into t_info, for the handler on this
+  // thread), or answers 401.
+  bool Authenticate(const httplib::Request& req, httplib::Response& res, const Route& route) {
+    absl::StatusOr<std::shared_ptr<const config::Tenant>> tenant =
+        req.get_header_value_count("Authorization") > 1
+            ? absl::UnauthenticatedError("more than one Authorization header")
+            : options_.tenants->Authenticate(req.get_header_value("Authorization"));
+    if (tenant.ok()) {
+      t_info.tenant = *std::move(tenant);
+      return true;
+    }
+    SetError(res, tenant.status(), "invalid_api_key");
+    res.set_header("WWW-Authenticate", "Bearer realm=\"kvserve\"");
+    // Browsers cannot send a Bearer key by themselves, but they ask for a
+    // Basic login when challenged and then send it with the page's own
+    // requests (/v1/stats, the chart script): the key goes in as password.
+    if (absl::StartsWith(route.label, "/dashboard")) {
+      res.set_header("WWW-Authenticate", "Basic realm=\"kvserve\", charset=\"UTF-8\"");
+    }
+    return false;
   }
 
   void LogRequest(const httplib::Request& req, const httplib::Response& res) {
@@ -409,6 +437,7 @@ class HttpServer::Impl {
     std::string line =
         absl::StrCat(info.id.empty() ? "-" : info.id, " ", req.method, " ",
                      route != nullptr ? route->label : "(unknown route)", " ", status);
+    if (info.tenant != nullptr) absl::StrAppend(&line, " tenant=", info.tenant->id());
     if (info.prompt_tokens >= 0) absl::StrAppend(&line, " prompt_tokens=", info.prompt_tokens);
     if (info.completion_tokens >= 0) {
       absl::StrAppend(&line, " completion_tokens=", info.completion_tokens);
@@ -547,8 +576,10 @@ class HttpServer::Impl {
     ro.include_usage = common.include_usage;
     const int n = common.n;
     const bool stream = common.stream;
-    auto submitted = engine_->Submit(
-        ToGenerationRequest(common, id, std::move(prompt), max_tokens, logprobs, prompt_logprobs));
+    engine::GenerationRequest request =
+        ToGenerationRequest(common, id, std::move(prompt), max_tokens, logprobs, prompt_logprobs);
+    if (t_info.tenant != nullptr) ApplyTenant(*t_info.tenant, &request);
+    auto submitted = engine_->Submit(std::move(request));
     if (!submitted.ok()) return SetError(res, submitted.status());
     std::shared_ptr<engine::RequestHandle> handle = *submitted;
 

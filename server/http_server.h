@@ -11,6 +11,16 @@
 //   GET  /dashboard              the built-in dashboard page (dashboard_page.h)
 //   GET  /dashboard/chart.js     the Chart.js file the page uses, 404 without it
 //
+// With a tenant registry (a tenants file), every route but /health needs an
+// API key (tenant_registry.h: "Authorization: Bearer KEY", or Basic with
+// the key as password so that browsers can open /dashboard): without a
+// valid one the answer is 401, an OpenAI error body with code
+// "invalid_api_key" and a WWW-Authenticate header (Bearer; the /dashboard
+// pages also offer Basic, which makes browsers ask for the key). CORS
+// preflights (OPTIONS) stay open: browsers send them without credentials.
+// The tenant is charged for the request (GenerationRequest::tenant) and
+// its default compression fills what the request leaves open.
+//
 // Every error is an OpenAI error body (status_mapping.h); unknown paths are
 // 404 and known paths with the wrong method 405, both as JSON. A request
 // whose client goes away is cancelled in the engine: streaming ones when a
@@ -34,6 +44,7 @@
 #include "engine/serving/engine.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "server/metrics.h"
+#include "server/tenant_registry.h"
 
 namespace kvserve::server {
 
@@ -52,6 +63,9 @@ struct HttpServerOptions {
   // DefaultChartJsPaths() (Debian's libjs-chart.js) that exists. When none
   // is found the server logs a warning and the page shows tables only.
   std::string chart_js_path;
+  // The tenants whose keys are accepted; null = single-tenant, no keys.
+  // Non-owning; must outlive the server.
+  const TenantRegistry* tenants = nullptr;
 };
 
 class HttpServer {

@@ -16,6 +16,7 @@ constexpr char kUsage[] =
     "  perplexity   measure perplexity of a text file\n"
     "  bench        time prefill and batched decode on random tokens\n"
     "  serve        run the HTTP server\n"
+    "  hash-key     print the hash of an API key for the tenants file\n"
     "\n"
     "Run 'kvserve <command> --help' for the flags of a command.\n";
 
@@ -33,6 +34,7 @@ int main(int argc, char** argv) {
   if (cmd == "perplexity") return kvserve::server::RunPerplexity(args);
   if (cmd == "bench") return kvserve::server::RunBench(args);
   if (cmd == "serve") return kvserve::server::RunServe(args);
+  if (cmd == "hash-key") return kvserve::server::RunHashKey(args);
   std::fprintf(stderr, "kvserve: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
   return 2;
 }

@@ -5,12 +5,21 @@
 // --drain-timeout seconds to finish. Then the gRPC server and the engine
 // stop (what is left ends with an error), then the HTTP server, and the
 // process exits 0; a second signal exits at once with 1.
+//
+// With a tenants file (--tenants or "tenants" in the config) every route but
+// /health and every gRPC Inference method need an API key, and SIGHUP
+// reloads the file: a valid new file replaces the keys and limits at once,
+// an invalid one is logged and the old table stays; requests in flight are
+// not disturbed either way. Without a tenants file SIGHUP is logged and
+// ignored (rather than ending the process, its default).
 #include <pthread.h>
 
+#include <atomic>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <optional>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -22,6 +31,7 @@
 #include "server/grpc_server.h"
 #include "server/http_server.h"
 #include "server/metrics.h"
+#include "server/tenant_registry.h"
 #include "spdlog/spdlog.h"
 
 namespace kvserve::server {
@@ -36,7 +46,12 @@ constexpr char kSummary[] =
     "below (with '-' or '_'), e.g. {\"model\": \"m.gguf\", \"kv_cache_bytes\": \"2GiB\"};\n"
     "flags given on the command line override the file. Invalid settings stop the\n"
     "server at start-up with exit code 2. SIGINT/SIGTERM drain the server (see\n"
-    "--drain-timeout) and exit 0; a second signal exits at once with code 1.";
+    "--drain-timeout) and exit 0; a second signal exits at once with code 1.\n"
+    "\n"
+    "--tenants FILE turns on API keys: every route but /health, and every gRPC\n"
+    "Inference method, then needs 'Authorization: Bearer KEY' of a tenant in the\n"
+    "file (kvserve hash-key makes the hashes it stores). SIGHUP reloads the file;\n"
+    "an invalid file is logged and the previous tenants stay.";
 
 int UsageError(const std::string& message) {
   std::fprintf(stderr, "kvserve serve: %s\n", message.c_str());
@@ -77,6 +92,15 @@ int RunServe(const std::vector<std::string>& args) {
   }
   const config::ServerConfig& cfg = *built;
   spdlog::set_level(spdlog::level::from_str(cfg.log_level));
+  // Checked before the model loads, so that a bad file fails fast.
+  std::optional<config::TenantsConfig> tenants_file;
+  if (!cfg.tenants_path.empty()) {
+    auto parsed = config::TenantsConfig::Load(cfg.tenants_path);
+    if (!parsed.ok()) {
+      return UsageError(absl::StrCat("invalid configuration: ", parsed.status().message()));
+    }
+    tenants_file = *std::move(parsed);
+  }
 
   // Only the waiting thread below takes SIGINT/SIGTERM: block them before
   // any thread (model pool, engine, servers) exists so that all inherit the
@@ -86,6 +110,11 @@ int RunServe(const std::vector<std::string>& args) {
   sigaddset(&stop_signals, SIGINT);
   sigaddset(&stop_signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  // SIGHUP likewise, for the reload thread alone.
+  sigset_t reload_signals;
+  sigemptyset(&reload_signals);
+  sigaddset(&reload_signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &reload_signals, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
 
   spdlog::info("loading {}", cfg.model_path);
@@ -124,7 +153,21 @@ int RunServe(const std::vector<std::string>& args) {
       cfg.engine.kv_compressor.policy.sink_blocks, cfg.engine.kv_compressor.policy.recent_tokens,
       cfg.engine.kv_compressor.policy.alpha, cfg.engine.kv_compressor.beta);
 
+  // Declared before the servers, which hold it, so that it outlives them.
+  std::unique_ptr<TenantRegistry> tenants;
+  if (tenants_file.has_value()) {
+    auto created =
+        TenantRegistry::Create(cfg.tenants_path, *std::move(tenants_file), engine->get());
+    if (!created.ok()) {
+      spdlog::error("{}", std::string(created.status().message()));
+      (*engine)->Shutdown();
+      return 1;
+    }
+    tenants = std::move(*created);
+  }
+
   HttpServerOptions http_options;
+  http_options.tenants = tenants.get();
   http_options.host = cfg.host;
   http_options.port = cfg.port;
   http_options.model_name = cfg.model_name;
@@ -141,6 +184,7 @@ int RunServe(const std::vector<std::string>& args) {
     grpc_options.address = HostPort(cfg.host, cfg.grpc_port);
     grpc_options.model_name = cfg.model_name;
     grpc_options.max_context = max_context;
+    grpc_options.tenants = tenants.get();
     auto started = GrpcServer::Start(grpc_options, engine->get(), loaded->tokenizer.get());
     if (!started.ok()) {
       spdlog::error("cannot start the gRPC server on {}: {}", grpc_options.address,
@@ -152,7 +196,26 @@ int RunServe(const std::vector<std::string>& args) {
     }
     grpc = std::move(*started);
   }
-  spdlog::info("serving '{}' on http://{}", cfg.model_name, HostPort(cfg.host, (*http)->port()));
+  spdlog::info("serving '{}' on http://{}{}", cfg.model_name, HostPort(cfg.host, (*http)->port()),
+               tenants ? " (API keys required)" : "");
+
+  // SIGHUP reloads the tenants file. sigwait rather than a handler, as for
+  // SIGTERM: the reload (file I/O, locks, logging) runs on an ordinary
+  // thread. Requests in flight keep the tenant they authenticated as.
+  std::atomic<bool> stop_reloader{false};
+  std::thread reloader([&stop_reloader, &reload_signals, registry = tenants.get()] {
+    for (;;) {
+      int hup = 0;
+      sigwait(&reload_signals, &hup);
+      if (stop_reloader.load()) return;
+      if (registry == nullptr) {
+        spdlog::info("SIGHUP: no tenants file (single-tenant mode), nothing to reload");
+        continue;
+      }
+      spdlog::info("SIGHUP: reloading tenants from {}", registry->path());
+      (void)registry->Reload();  // logs the outcome; a failure keeps the old table
+    }
+  });
 
   int sig = 0;
   sigwait(&stop_signals, &sig);
@@ -184,6 +247,9 @@ int RunServe(const std::vector<std::string>& args) {
     spdlog::warn("some HTTP responses were still being written after 5 s; closing them");
   }
   (*http)->Shutdown();
+  stop_reloader.store(true);
+  pthread_kill(reloader.native_handle(), SIGHUP);  // ends its sigwait
+  reloader.join();
   spdlog::info("stopped");
   return 0;
 }

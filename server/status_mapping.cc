@@ -49,8 +49,6 @@ std::string OpenAiErrorType(const absl::Status& status) {
   if (status.ok()) return "";
   const int http = HttpStatusFor(status);
   switch (http) {
-    case 401:
-      return "authentication_error";
     case 403:
       return "permission_error";
     case 429:

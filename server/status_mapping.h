@@ -6,7 +6,7 @@
 //   InvalidArgument               400   invalid_request_error  INVALID_ARGUMENT
 //   OutOfRange                    400   invalid_request_error  OUT_OF_RANGE
 //   FailedPrecondition            400   invalid_request_error  FAILED_PRECONDITION
-//   Unauthenticated               401   authentication_error   UNAUTHENTICATED
+//   Unauthenticated               401   invalid_request_error  UNAUTHENTICATED
 //   PermissionDenied              403   permission_error       PERMISSION_DENIED
 //   NotFound                      404   invalid_request_error  NOT_FOUND
 //   AlreadyExists                 409   invalid_request_error  ALREADY_EXISTS
@@ -18,6 +18,7 @@
 //   DeadlineExceeded              504   server_error           DEADLINE_EXCEEDED
 //   Internal, Unknown, DataLoss   500   server_error           INTERNAL/UNKNOWN/DATA_LOSS
 //
+// 401 is typed invalid_request_error, as OpenAI's API types a bad key.
 // 499 is the de-facto "client closed request" code; it is only ever logged
 // and counted, since the client is gone. A status may carry the name of the
 // offending request field (WithParam) which becomes the body's "param".

@@ -17,7 +17,7 @@ TEST(StatusMappingTest, EveryCanonicalCode) {
       {absl::StatusCode::kOutOfRange, 400, "invalid_request_error", grpc::StatusCode::OUT_OF_RANGE},
       {absl::StatusCode::kFailedPrecondition, 400, "invalid_request_error",
        grpc::StatusCode::FAILED_PRECONDITION},
-      {absl::StatusCode::kUnauthenticated, 401, "authentication_error",
+      {absl::StatusCode::kUnauthenticated, 401, "invalid_request_error",
        grpc::StatusCode::UNAUTHENTICATED},
       {absl::StatusCode::kPermissionDenied, 403, "permission_error",
        grpc::StatusCode::PERMISSION_DENIED},
@@ -53,6 +53,27 @@ TEST(StatusMappingTest, RetryAfterOnlyForTransientFailures) {
   EXPECT_FALSE(RetryAfterSecondsFor(absl::InvalidArgumentError("x")).has_value());
   EXPECT_FALSE(RetryAfterSecondsFor(absl::InternalError("x")).has_value());
   EXPECT_FALSE(RetryAfterSecondsFor(absl::OkStatus()).has_value());
+}
+
+TEST(StatusMappingTest, ATenantsFullQueueIs429WithRetryAfter) {
+  // What the engine's Submit returns when one tenant's queue is full: the
+  // same answer as the server's own queue, with the message naming the
+  // tenant passed through.
+  const absl::Status s =
+      absl::ResourceExhaustedError("tenant 'acme' has 32 requests queued (max_queued); retry later");
+  EXPECT_EQ(HttpStatusFor(s), 429);
+  EXPECT_EQ(RetryAfterSecondsFor(s), 1);
+  EXPECT_EQ(GrpcCodeFor(s), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  const nlohmann::json body = OpenAiErrorBody(s);
+  EXPECT_EQ(body["error"]["type"], "rate_limit_error");
+  EXPECT_EQ(body["error"]["message"], std::string(s.message()));
+}
+
+TEST(StatusMappingTest, ABadKeyReadsAsOpenAisInvalidApiKey) {
+  const nlohmann::json body =
+      OpenAiErrorBody(absl::UnauthenticatedError("invalid API key"), std::nullopt, "invalid_api_key");
+  EXPECT_EQ(body, nlohmann::json::parse(R"({"error": {"message": "invalid API key",
+      "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}})"));
 }
 
 TEST(StatusMappingTest, ErrorBodyCarriesMessageTypeParamAndCode) {
