@@ -144,7 +144,6 @@ void BlockPool::CopyBlock(int32_t from, int32_t to) {
 
 bool BlockPool::Compress(int32_t id, int layer, KvTier to, int n_valid) {
   CheckUsed(id);
-  KV_CHECK_MSG(refs_[id] == 1, "only a private block may be compressed");
   KV_CHECK(layer >= 0 && layer < shape_.n_layers);
   KV_CHECK(n_valid >= 1 && n_valid <= block_tokens_);
   UnitRef& u = units_[static_cast<size_t>(id) * shape_.n_layers + layer];

@@ -21,10 +21,12 @@
 // tier.
 //
 // Blocks are reference counted: a block is free at count 0 and its id
-// returns to a LIFO free list (so allocation order is deterministic). Only a
-// private block (count 1) may be compressed; a shared one is f16 and copied
-// before it is written. Misuse — releasing or retaining a free block, an
-// out-of-range id, compressing a shared block or upwards — aborts.
+// returns to a LIFO free list (so allocation order is deterministic). A
+// compressed block cannot be copied or written, so a block about to be
+// copied (shared, then written) must be f16; which blocks may compress, and
+// with whose consent when shared, is PagedKvCache's and KvCompressor's
+// business. Misuse — releasing or retaining a free block, an out-of-range
+// id, compressing upwards, copying a compressed block — aborts.
 //
 // Thread-safety: Allocate/Retain/Release/CopyBlock/Compress and writes
 // through the mutable storage pointers are engine-thread only. Const
@@ -93,7 +95,8 @@ class BlockPool {
   int32_t ref_count(int32_t id) const;
 
   // Copies all layers of block `from` into block `to` (both used, distinct,
-  // both entirely f16: blocks are shared only while uncompressed).
+  // both entirely f16: only blocks still to be written are copied, and
+  // those stay f16).
   void CopyBlock(int32_t from, int32_t to);
 
   KvTier tier(int32_t id, int layer) const { return Unit(id, layer).tier; }
@@ -108,11 +111,11 @@ class BlockPool {
   // for quantized tiers).
   const uint8_t* unit_data(int32_t id, int layer) const;
 
-  // Moves layer `layer` of private block `id` down to tier `to` (> its
-  // current tier): quantizes its contents (only the first n_valid positions
-  // matter, 1..block_tokens) or, for kEvicted, drops them, and frees the old
-  // unit. Returns false, changing nothing, if no unit of tier `to` can be
-  // had even after freeing the old one.
+  // Moves layer `layer` of used block `id` down to tier `to` (> its
+  // current tier), for every holder if it is shared: quantizes its contents
+  // (only the first n_valid positions matter, 1..block_tokens) or, for
+  // kEvicted, drops them, and frees the old unit. Returns false, changing nothing, if no unit of
+  // tier `to` can be had even after freeing the old one.
   bool Compress(int32_t id, int layer, KvTier to, int n_valid);
 
   // Checks that the free list and the reference counts agree (every block is

@@ -22,8 +22,8 @@ absl::StatusOr<std::unique_ptr<PagedKvCache>> PagedKvCache::Create(const KvShape
   return std::make_unique<PagedKvCache>(*std::move(pool));
 }
 
-PagedKvCache::PagedKvCache(std::unique_ptr<BlockPool> pool) : pool_(std::move(pool)) {
-  KV_CHECK(pool_ != nullptr);
+PagedKvCache::PagedKvCache(std::unique_ptr<BlockPool> pool)
+    : pool_(std::move(pool)), index_(pool_.get()) {
   KV_CHECK_MSG(pool_->n_used() == 0, "a paged cache needs a pool with no blocks in use");
 }
 
@@ -46,7 +46,7 @@ int PagedKvCache::BlocksNeeded(int seq, int new_len) const {
 }
 
 bool PagedKvCache::CanAllocate(int seq, int new_len) const {
-  return BlocksNeeded(seq, new_len) <= pool_->n_free();
+  return BlocksNeeded(seq, new_len) <= n_available();
 }
 
 int PagedKvCache::BlocksNeededForWrite(int seq, int pos, int n) const {
@@ -98,11 +98,33 @@ void PagedKvCache::Tiers(int seq, int layer, std::vector<KvTier>* out) const {
   for (int32_t id : it->second.blocks) out->push_back(pool_->tier(id, layer));
 }
 
-bool PagedKvCache::IsPrivate(int seq, int block) const {
+int32_t PagedKvCache::BlockId(int seq, int block) const {
   auto it = seqs_.find(seq);
   KV_CHECK_MSG(it != seqs_.end(), "unknown sequence");
   KV_CHECK(block >= 0 && block < static_cast<int>(it->second.blocks.size()));
-  return pool_->ref_count(it->second.blocks[block]) == 1;
+  return it->second.blocks[block];
+}
+
+bool PagedKvCache::IsPrivate(int seq, int block) const {
+  // An indexed block has the index's reference too, so it is never private.
+  return pool_->ref_count(BlockId(seq, block)) == 1;
+}
+
+bool PagedKvCache::IsIndexed(int seq, int block) const {
+  return index_.Contains(BlockId(seq, block));
+}
+
+int PagedKvCache::MatchPrefix(std::string_view salt, std::span<const int32_t> tokens,
+                              int max_tokens, std::vector<int32_t>* blocks) const {
+  blocks->clear();
+  if (max_tokens <= 0) return 0;
+  return index_.Match(salt, tokens, max_tokens / block_tokens(), blocks) * block_tokens();
+}
+
+int PagedKvCache::EvictableAmong(std::span<const int32_t> blocks) const {
+  int n = 0;
+  for (int32_t id : blocks) n += index_.IsUnused(id);
+  return n;
 }
 
 bool PagedKvCache::Compress(int seq, int layer, int block, KvTier to) {
@@ -110,14 +132,45 @@ bool PagedKvCache::Compress(int seq, int layer, int block, KvTier to) {
   KV_CHECK_MSG(it != seqs_.end(), "compress of an unknown sequence");
   const Sequence& s = it->second;
   KV_CHECK(block >= 0 && block < static_cast<int>(s.blocks.size()));
+  KV_CHECK_MSG(pool_->ref_count(s.blocks[block]) == 1,
+               "only a private block may be compressed (CompressShared for shared ones)");
   const int bt = block_tokens();
   const int n_valid = std::min(bt, s.length - block * bt);
   KV_CHECK_MSG(n_valid >= 1, "compress of a block holding no written position");
   return pool_->Compress(s.blocks[block], layer, to, n_valid);
 }
 
+bool PagedKvCache::CompressShared(int seq, int layer, int block, KvTier to) {
+  auto it = seqs_.find(seq);
+  KV_CHECK_MSG(it != seqs_.end(), "compress of an unknown sequence");
+  const Sequence& s = it->second;
+  KV_CHECK(block >= 0 && block < static_cast<int>(s.blocks.size()));
+  const int32_t id = s.blocks[block];
+  KV_CHECK_MSG(!index_.Contains(id), "an indexed block must stay f16: Unindex it first");
+  // A shared block that is full in one holder is full in all: appending
+  // into a shared block copies it first. So no holder will write it again.
+  KV_CHECK_MSG(s.length >= (block + 1) * block_tokens(),
+               "only a full block may be compressed while shared");
+  return pool_->Compress(id, layer, to, block_tokens());
+}
+
+std::optional<int32_t> PagedKvCache::AllocateBlock() {
+  std::optional<int32_t> id = pool_->Allocate();
+  // Each eviction frees at least one f16 block: indexed blocks are f16.
+  while (!id.has_value() && index_.EvictUnused(1) > 0) id = pool_->Allocate();
+  return id;
+}
+
+void PagedKvCache::ReleaseBlock(int32_t id) {
+  pool_->Release(id);
+  index_.OnReferenceChange(id);
+}
+
 bool PagedKvCache::Reserve(int seq, int new_len) {
-  if (BlocksNeeded(seq, new_len) > pool_->n_free()) return false;
+  const int need = BlocksNeeded(seq, new_len);
+  if (need > n_available()) return false;
+  if (need > pool_->n_free()) index_.EvictUnused(need - pool_->n_free());
+  KV_CHECK_MSG(pool_->n_free() >= need, "evicting unused indexed blocks freed too little");
   Sequence& s = seqs_[seq];
   const int bt = block_tokens();
   const int want = CeilDiv(new_len, bt);
@@ -125,7 +178,7 @@ bool PagedKvCache::Reserve(int seq, int new_len) {
     Unshare(s, s.length / bt, std::min(want, static_cast<int>(s.blocks.size())));
   }
   while (static_cast<int>(s.blocks.size()) < want) {
-    const std::optional<int32_t> id = pool_->Allocate();
+    const std::optional<int32_t> id = AllocateBlock();
     KV_CHECK_MSG(id.has_value(), "BlocksNeeded undercounted");
     s.blocks.push_back(*id);
   }
@@ -135,7 +188,11 @@ bool PagedKvCache::Reserve(int seq, int new_len) {
 void PagedKvCache::Free(int seq) {
   auto it = seqs_.find(seq);
   if (it == seqs_.end()) return;
-  for (int32_t id : it->second.blocks) pool_->Release(id);
+  const std::vector<int32_t>& blocks = it->second.blocks;
+  for (int32_t id : blocks) pool_->Release(id);
+  // Indexed blocks this sequence held last join the LRU list last block
+  // first, so that a chain is evicted from its end.
+  for (auto id = blocks.rbegin(); id != blocks.rend(); ++id) index_.OnReferenceChange(*id);
   seqs_.erase(it);
 }
 
@@ -154,15 +211,40 @@ void PagedKvCache::Fork(int src, int dst) {
   seqs_.emplace(dst, std::move(copy));
 }
 
+void PagedKvCache::AttachPrefix(int seq, std::span<const int32_t> blocks) {
+  KV_CHECK_MSG(seqs_.count(seq) == 0, "AttachPrefix onto an existing sequence");
+  Sequence s;
+  s.blocks.assign(blocks.begin(), blocks.end());
+  s.length = static_cast<int>(blocks.size()) * block_tokens();
+  for (int32_t id : s.blocks) {
+    KV_CHECK_MSG(index_.Contains(id), "AttachPrefix of a block not in the prefix index");
+    pool_->Retain(id);
+    index_.OnReferenceChange(id);  // in use now: off the LRU list
+  }
+  if (!blocks.empty()) index_.RecordHit(static_cast<int>(blocks.size()));
+  seqs_.emplace(seq, std::move(s));
+}
+
+int PagedKvCache::IndexPrefix(int seq, std::string_view salt, std::span<const int32_t> tokens) {
+  auto it = seqs_.find(seq);
+  KV_CHECK_MSG(it != seqs_.end(), "IndexPrefix of an unknown sequence");
+  const Sequence& s = it->second;
+  const size_t written = std::min(tokens.size(), static_cast<size_t>(s.length));
+  return index_.Index(salt, tokens.first(written), s.blocks);
+}
+
+bool PagedKvCache::Unindex(int seq, int block) { return index_.Unindex(BlockId(seq, block)) > 0; }
+
 void PagedKvCache::Unshare(Sequence& s, int first, int last) {
   for (int b = first; b < last; ++b) {
     const int32_t old = s.blocks[b];
     if (pool_->ref_count(old) == 1) continue;
-    const std::optional<int32_t> id = pool_->Allocate();
+    const std::optional<int32_t> id = AllocateBlock();
     KV_CHECK_MSG(id.has_value(),
                  "no free block for copy-on-write: Reserve or check BlocksNeededForWrite first");
+    // The eviction above cannot have freed `old`: this sequence holds it.
     pool_->CopyBlock(old, *id);
-    pool_->Release(old);
+    ReleaseBlock(old);
     s.blocks[b] = *id;
   }
 }
@@ -249,21 +331,24 @@ absl::Status PagedKvCache::CheckInvariants() const {
     }
   }
   for (int32_t id = 0; id < n_blocks; ++id) {
-    // A free block has count 0 (checked by the pool), so a named free block
-    // shows up here as a mismatch.
-    if (refs[id] != pool_->ref_count(id)) {
+    // A free block has count 0 (checked by the pool), so a named or indexed
+    // free block shows up here as a mismatch.
+    const int indexed = index_.Contains(id) ? 1 : 0;
+    if (refs[id] + indexed != pool_->ref_count(id)) {
       return absl::InternalError(absl::StrCat("block ", id, " has ref count ", pool_->ref_count(id),
-                                              " but ", refs[id], " table entries"));
+                                              " but ", refs[id], " table entries and ", indexed,
+                                              " index reference"));
     }
   }
-  return absl::OkStatus();
+  return index_.CheckInvariants();
 }
 
 std::string PagedKvCache::DebugString() const {
   std::string out =
       absl::StrCat("PagedKvCache: ", pool_->n_used(), " blocks used, ", pool_->n_free(), "/",
                    pool_->n_blocks(), " f16 blocks free, ", pool_->used_bytes(), " bytes used, ",
-                   block_tokens(), " tokens/block, ", seqs_.size(), " sequences\n");
+                   block_tokens(), " tokens/block, ", seqs_.size(), " sequences, ",
+                   index_.n_indexed(), " blocks indexed (", index_.n_unused(), " unused)\n");
   const std::map<int, const Sequence*> ordered = [&] {
     std::map<int, const Sequence*> m;
     for (const auto& [seq, s] : seqs_) m[seq] = &s;
@@ -274,8 +359,9 @@ std::string PagedKvCache::DebugString() const {
     for (size_t i = 0; i < s->blocks.size(); ++i) {
       const int32_t id = s->blocks[i];
       absl::StrAppend(&out, i ? " " : "", id);
-      // Shared blocks carry their reference count.
+      // Shared blocks carry their reference count, indexed ones an "i".
       if (pool_->ref_count(id) > 1) absl::StrAppend(&out, "x", pool_->ref_count(id));
+      if (index_.Contains(id)) absl::StrAppend(&out, "i");
       // Compressed blocks list each layer's tier by its bits (e: evicted).
       std::string tiers;
       bool compressed = false;

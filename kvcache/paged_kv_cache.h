@@ -1,8 +1,10 @@
 // A KV store that keeps each sequence in fixed-size blocks from a shared
 // BlockPool, so memory is committed block_tokens positions at a time as
 // sequences grow, returns to the pool when they finish, and can be shared
-// between sequences with a common prefix. It is the store the server's
-// scheduler uses; the forward pass sees it only through KvStore.
+// between sequences with a common prefix: a forked one, or one found in
+// the prefix index (cached blocks of earlier requests, see below). It is
+// the store the server's scheduler uses; the forward pass sees it only
+// through KvStore.
 //
 // Each sequence has a block table (block ids in position order) and a
 // length: one past the highest position written. Its capacity, the
@@ -25,18 +27,39 @@
 //  - A Write into a shared block outside a reserved range (overwriting old
 //    positions, or appending after a Fork without a new Reserve) copies the
 //    block then and there. The caller checks BlocksNeededForWrite(seq, pos,
-//    n) <= pool().n_free() first; a Write that finds no free block for its
-//    copy is a bug and aborts.
+//    n) <= n_available() first; a Write that finds no block for its copy is
+//    a bug and aborts.
 // Compression contract: Compress(seq, layer, block, tier) moves one layer of
 // one private block to a lower tier (kv_tier.h), freeing bytes in the pool;
 // an evicted block's positions are left out of Read's spans while the
 // sequence's length and every other position stay where they are. Blocks
 // still to be written (the last, partial one; a shared one to be copied)
 // must stay f16: copying or writing a compressed block aborts.
+// CompressShared does the same to a full block that other sequences hold
+// too, for all of them at once: the caller (KvCompressor) must have every
+// holder's consent (docs/compression.md, "Prefix cache and shared blocks").
+// Prefix cache contract (prefix_cache.h has the keys and the LRU):
+//  - IndexPrefix(seq, salt, tokens) adds seq's full, written, all-f16
+//    blocks to an index by (salt, token chain). The index holds one
+//    reference on each, so a block outlives its sequences; an indexed block
+//    is never private and so never compresses while indexed.
+//  - MatchPrefix (a query) finds the longest indexed chain for a new
+//    request; AttachPrefix(seq, blocks) starts seq on it, with Length(seq) =
+//    its tokens, so only the rest is computed. Attached blocks are full and
+//    never written again (a Write into one copies it, as after a Fork).
+//  - An indexed block that no sequence holds is "evictable": allocation
+//    counts it as available (n_available() = pool free + evictable) and
+//    Reserve (and the copies of Write) evict such blocks, least recently
+//    used first, when the pool has too few free ones. An admission that
+//    attaches evictable blocks takes them out of n_available() (see
+//    EvictableAmong), so call AttachPrefix before the step's Reserves.
+//  - Unindex(seq, block) takes an in-use block (and the rest of its chain)
+//    out of the index, e.g. so that memory pressure can compress it.
 // Queries never change anything; misuse (unknown sequence in Write/Read/Fork,
 // positions beyond capacity or length) aborts via KV_CHECK.
 //
-// Thread-safety: as KvStore. All mutations (Reserve, Free, Fork, Write) are
+// Thread-safety: as KvStore. All mutations (Reserve, Free, Fork, Write,
+// Compress*, AttachPrefix, IndexPrefix, EvictUnused, Unindex) are
 // engine-thread only and must not run during a forward pass's reads; Read
 // and the queries are const and may run on many threads at once.
 #pragma once
@@ -44,7 +67,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -52,6 +77,7 @@
 #include "absl/status/statusor.h"
 #include "kvcache/block_pool.h"
 #include "kvcache/kv_store.h"
+#include "kvcache/prefix_cache.h"
 
 namespace kvserve::kvcache {
 
@@ -75,11 +101,12 @@ class PagedKvCache : public KvStore {
   // seq (or a new sequence) to new_len positions, plus one per shared block
   // it must copy (see the contract above). new_len >= 0.
   int BlocksNeeded(int seq, int new_len) const;
-  // Whether Reserve(seq, new_len) would succeed now.
+  // Whether Reserve(seq, new_len) would succeed now: BlocksNeeded <=
+  // n_available().
   bool CanAllocate(int seq, int new_len) const;
   // Blocks a Write(seq, layer, pos, n, ...) would take for copies: the shared
-  // blocks among those holding [pos, pos + n), which must lie within
-  // Capacity(seq).
+  // (or indexed) blocks among those holding [pos, pos + n), which must lie
+  // within Capacity(seq).
   int BlocksNeededForWrite(int seq, int pos, int n) const;
   bool HasSequence(int seq) const { return seqs_.count(seq) != 0; }
   int Length(int seq) const;
@@ -96,27 +123,74 @@ class PagedKvCache : public KvStore {
   KvTier Tier(int seq, int layer, int block) const;
   // Tiers of every block of seq in `layer`, in block order, into *out.
   void Tiers(int seq, int layer, std::vector<KvTier>* out) const;
-  // Whether seq's block `block` is held by seq alone (only those compress).
+  // Whether seq's block `block` is held by seq alone, not shared and not
+  // indexed (only those Compress).
   bool IsPrivate(int seq, int block) const;
+  // The pool id of seq's block `block` (< NumBlocks(seq)).
+  int32_t BlockId(int seq, int block) const;
+  // Blocks that Reserve can have: free in the pool, or evictable from the
+  // prefix index.
+  int n_available() const { return pool_->n_free() + n_evictable(); }
   int num_sequences() const { return static_cast<int>(seqs_.size()); }
   int block_tokens() const { return pool_->block_tokens(); }
   const BlockPool& pool() const { return *pool_; }
 
+  // --- Prefix cache queries.
+
+  // The longest chain of indexed blocks holding salt + the first tokens,
+  // capped at max_tokens positions (the caller leaves at least the last
+  // prompt token to compute: max_tokens = prompt length - 1). Appends their
+  // ids to *blocks (cleared first) and returns the positions they hold
+  // (blocks * block_tokens).
+  int MatchPrefix(std::string_view salt, std::span<const int32_t> tokens, int max_tokens,
+                  std::vector<int32_t>* blocks) const;
+  // How many of `blocks` are evictable now: AttachPrefix(seq, blocks)
+  // lowers n_available() by this much.
+  int EvictableAmong(std::span<const int32_t> blocks) const;
+  // Whether seq's block `block` is in the prefix index.
+  bool IsIndexed(int seq, int block) const;
+  // Indexed blocks no sequence holds (freed on demand by Reserve).
+  int n_evictable() const { return index_.n_unused(); }
+  const PrefixCache& prefix_cache() const { return index_; }
+
   // --- Mutations (engine thread only).
 
   // Creates seq if absent (with length 0) and makes positions
-  // [Length(seq), new_len) writable. Returns false, changing nothing, if the
-  // pool lacks BlocksNeeded(seq, new_len) free blocks. Never shrinks.
+  // [Length(seq), new_len) writable, evicting unused indexed blocks (LRU)
+  // when the pool lacks free ones. Returns false, changing nothing, if
+  // BlocksNeeded(seq, new_len) > n_available(). Never shrinks.
   bool Reserve(int seq, int new_len);
-  // Releases seq's blocks and forgets it; a no-op for unknown ids.
+  // Releases seq's blocks and forgets it; a no-op for unknown ids. Indexed
+  // blocks it held last stay, evictable.
   void Free(int seq);
   // Moves layer `layer` of seq's private block `block` down to tier `to`
   // (> its current tier). Returns false, changing nothing, when the pool
   // has no room for the smaller unit (only possible when it is full).
   bool Compress(int seq, int layer, int block, KvTier to);
+  // As Compress, for a full (block_tokens positions written), unindexed
+  // block that may be shared: it changes for every sequence holding it.
+  bool CompressShared(int seq, int layer, int block, KvTier to);
   // Creates dst sharing the blocks that hold src's positions [0, Length(src)),
   // with Length(dst) = Length(src). src must exist, dst must not.
   void Fork(int src, int dst);
+
+  // Creates seq (which must not exist) on the indexed blocks `blocks`, a
+  // chain MatchPrefix returned, sharing them, with Length(seq) = their
+  // positions. Counts a hit when blocks is not empty.
+  void AttachPrefix(int seq, std::span<const int32_t> blocks);
+  // Indexes seq's full blocks of positions < Length(seq) under salt, where
+  // tokens[p] is the token at position p (the prompt; only the first
+  // Length(seq) count). Blocks already indexed stay; a block whose chain is
+  // indexed under another block id stays private; the walk stops at the
+  // first block not f16 in every layer. Returns the blocks it added.
+  int IndexPrefix(int seq, std::string_view salt, std::span<const int32_t> tokens);
+  // Frees at least n unused indexed blocks, least recently used first (or
+  // all there are). Returns how many it freed.
+  int EvictUnused(int n) { return index_.EvictUnused(n); }
+  // Takes seq's block `block` and the indexed blocks chained after it out
+  // of the index (dropping the index's references; unused ones are freed).
+  // Returns whether `block` was indexed.
+  bool Unindex(int seq, int block);
 
   // --- KvStore.
   const KvShape& shape() const override { return pool_->shape(); }
@@ -128,10 +202,12 @@ class PagedKvCache : public KvStore {
 
   // --- Debugging.
 
-  // Checks that the block tables and the pool agree: every used block's
-  // reference count equals the number of table entries naming it, no free
-  // block is named, no table names a block twice, every length lies within
-  // its capacity, and the pool's own free list is consistent.
+  // Checks that the block tables, the prefix index and the pool agree:
+  // every used block's reference count equals the number of table entries
+  // naming it plus one if it is indexed, no free block is named or
+  // indexed, indexed blocks are f16, no table names a block twice, every
+  // length lies within its capacity, and the pool's and the index's own
+  // bookkeeping is consistent.
   absl::Status CheckInvariants() const;
   // Pool usage and every sequence's table (with tiers of compressed
   // blocks), sequences in id order.
@@ -145,8 +221,15 @@ class PagedKvCache : public KvStore {
   // Replaces every shared block of `s` with index in [first, last) by a
   // private copy; aborts if the pool runs out.
   void Unshare(Sequence& s, int first, int last);
+  // A block from the pool, evicting one unused indexed block if none is
+  // free; nullopt if neither works.
+  std::optional<int32_t> AllocateBlock();
+  // Drops one reference of a block a table named and keeps the index's
+  // LRU state in step.
+  void ReleaseBlock(int32_t id);
 
   std::unique_ptr<BlockPool> pool_;
+  PrefixCache index_;  // over *pool_
   std::unordered_map<int, Sequence> seqs_;
   std::vector<uint16_t> scratch_;  // f16 K rows being transposed by Write
 };

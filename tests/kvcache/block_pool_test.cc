@@ -182,8 +182,10 @@ TEST(BlockPoolDeathTest, CompressionMisuseAborts) {
   ASSERT_TRUE(pool->Compress(id, 0, KvTier::kInt4, 16));
   EXPECT_DEATH(pool->Compress(id, 0, KvTier::kInt8, 16), "only move down");
   EXPECT_DEATH(pool->k(id, 0), "compressed unit");
+  // A compressed block cannot be the source of a copy-on-write.
   pool->Retain(id);
-  EXPECT_DEATH(pool->Compress(id, 0, KvTier::kInt2, 16), "private");
+  const int32_t other = *pool->Allocate();
+  EXPECT_DEATH(pool->CopyBlock(id, other), "compressed unit");
 }
 
 TEST(BlockPoolDeathTest, DoubleReleaseIsABug) {

@@ -317,9 +317,18 @@ TEST(PagedKvCacheTest, DebugStringShowsTablesAndSharing) {
   kv->Write(5, 0, 0, 20, x.data(), x.data());
   kv->Fork(5, 2);
   EXPECT_EQ(kv->DebugString(),
-            "PagedKvCache: 2 blocks used, 2/4 f16 blocks free, 512 bytes used, 16 tokens/block, 2 sequences\n"
+            "PagedKvCache: 2 blocks used, 2/4 f16 blocks free, 512 bytes used, 16 tokens/block, 2 "
+            "sequences, 0 blocks indexed (0 unused)\n"
             "  seq 2: length 20, blocks [0x2 1x2]\n"
             "  seq 5: length 20, blocks [0x2 1x2]\n");
+  // Indexed blocks carry an "i"; only the full first block is indexed.
+  const std::vector<int32_t> tokens(20, 7);
+  EXPECT_EQ(kv->IndexPrefix(5, "t", tokens), 1);
+  kv->Free(2);
+  EXPECT_EQ(kv->DebugString(),
+            "PagedKvCache: 2 blocks used, 2/4 f16 blocks free, 512 bytes used, 16 tokens/block, 1 "
+            "sequences, 1 blocks indexed (0 unused)\n"
+            "  seq 5: length 20, blocks [0x2i 1]\n");
 }
 
 TEST(PagedKvCacheDeathTest, WritesOutsideTheReservationAreBugs) {
