@@ -8,6 +8,9 @@
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <functional>
 #include <future>
 #include <thread>
 
@@ -15,6 +18,7 @@
 #include "engine/tokenizer/tokenizer.h"
 #include "gtest/gtest.h"
 #include "kvserve/v1/inference.grpc.pb.h"
+#include "server/tenant_registry.h"
 #include "tests/engine/model/tiny_serving_model.h"
 
 namespace kvserve::server {
@@ -319,6 +323,88 @@ TEST_F(GrpcServerTest, HealthIsServingForTheServerAndTheService) {
   ASSERT_TRUE(HealthCheck("", &status).ok());
   EXPECT_EQ(status, 1);
   EXPECT_EQ(HealthCheck("no.such.Service", &status).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+// The fixture's server replaced by one that takes the keys of tenants
+// "acme" (key-a) and "beta" (key-b).
+TEST_F(GrpcServerTest, WithTenantsEveryInferenceMethodNeedsAKey) {
+  server_->Shutdown();
+  const std::string path = ::testing::TempDir() + "/grpc_server_test_tenants.json";
+  std::ofstream(path, std::ios::trunc)
+      << R"({"tenants": [{"id": "acme", "api_keys": [")"
+      << config::FormatKeyHash(config::HashApiKey("key-a"))
+      << R"("]}, {"id": "beta", "api_keys": [")"
+      << config::FormatKeyHash(config::HashApiKey("key-b")) << R"("]}]})";
+  auto tenants = TenantRegistry::Load(path, engine_.get());
+  ASSERT_TRUE(tenants.ok()) << tenants.status();
+  GrpcServerOptions options{"127.0.0.1:0", "tiny"};
+  options.tenants = tenants->get();
+  auto s = GrpcServer::Start(options, engine_.get(), tokenizer_);
+  ASSERT_TRUE(s.ok()) << s.status();
+  server_ = std::move(*s);
+  channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(server_->port()),
+                                 grpc::InsecureChannelCredentials());
+  stub_ = v1::Inference::NewStub(channel_);
+
+  // Each method with `metadata` ({key, value} pairs): its status.
+  auto list_models = [&](const std::vector<std::pair<std::string, std::string>>& metadata) {
+    grpc::ClientContext ctx;
+    for (const auto& [k, v] : metadata) ctx.AddMetadata(k, v);
+    v1::ListModelsResponse r;
+    return stub_->ListModels(&ctx, v1::ListModelsRequest(), &r);
+  };
+  auto complete = [&](const std::vector<std::pair<std::string, std::string>>& metadata) {
+    grpc::ClientContext ctx;
+    for (const auto& [k, v] : metadata) ctx.AddMetadata(k, v);
+    v1::CompleteResponse r;
+    return stub_->Complete(&ctx, Greedy(4, 2), &r);
+  };
+  auto generate = [&](const std::vector<std::pair<std::string, std::string>>& metadata) {
+    grpc::ClientContext ctx;
+    for (const auto& [k, v] : metadata) ctx.AddMetadata(k, v);
+    auto reader = stub_->Generate(&ctx, Greedy(4, 2));
+    v1::GenerateResponse msg;
+    while (reader->Read(&msg)) {
+    }
+    return reader->Finish();
+  };
+  using Call = std::function<grpc::Status(const std::vector<std::pair<std::string, std::string>>&)>;
+  const std::vector<std::pair<const char*, Call>> methods = {
+      {"ListModels", list_models}, {"Complete", complete}, {"Generate", generate}};
+  for (const auto& [name, call] : methods) {
+    for (const auto& bad : std::vector<std::vector<std::pair<std::string, std::string>>>{
+             {},
+             {{"authorization", "Bearer wrong"}},
+             {{"authorization", "key-a"}},
+             {{"authorization", "Bearer key-a"}, {"authorization", "Bearer key-b"}}}) {
+      const grpc::Status st = call(bad);
+      EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAUTHENTICATED) << name;
+    }
+    for (const char* key : {"key-a", "key-b"}) {
+      const grpc::Status st = call({{"authorization", std::string("Bearer ") + key}});
+      EXPECT_TRUE(st.ok()) << name << " " << key << ": " << st.error_message();
+    }
+  }
+  // Health stays open for probes.
+  int status = 0;
+  EXPECT_TRUE(HealthCheck("", &status).ok());
+
+  // Complete and Generate with key-b were both charged to beta, key-a's to
+  // acme; nothing went to the default tenant.
+  auto submitted = [&](const std::string& id) {
+    for (const engine::TenantStats& t : engine_->Stats().tenants) {
+      if (t.id == id) return t.requests_submitted;
+    }
+    return int64_t{-1};
+  };
+  for (int i = 0; i < 1000 && (submitted("acme") != 2 || submitted("beta") != 2); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(submitted("acme"), 2);
+  EXPECT_EQ(submitted("beta"), 2);
+  EXPECT_EQ(submitted(""), -1);
+  server_->Shutdown();  // before the registry it points to goes
+  std::remove(path.c_str());
 }
 
 TEST_F(GrpcServerTest, ShutdownEndsStreamsInFlight) {
