@@ -37,6 +37,7 @@ void CheckInput(const LayerInput& in, const std::vector<KvTier>* out) {
       (static_cast<size_t>(in.length) + in.block_tokens - 1) / static_cast<size_t>(in.block_tokens);
   KV_CHECK_MSG(in.current.size() == n_blocks, "current.size() != ceil(length / block_tokens)");
   KV_CHECK_MSG(in.scores.size() <= n_blocks, "more scores than blocks");
+  KV_CHECK_MSG(in.pinned.empty() || in.pinned.size() == n_blocks, "pinned.size() != n_blocks");
   const TierBytes& c = *in.costs;
   KV_CHECK_MSG(c[kEvictedIndex] == 0, "costs[kEvicted] must be 0");
   for (int t = 1; t < kEvictedIndex; ++t) {
@@ -67,7 +68,8 @@ Frame Prepare(const PolicyOptions& options, const LayerInput& in, std::vector<Kv
   f.is_protected.resize(n);
   size_t protected_bytes = 0;
   for (int b = 0; b < n; ++b) {
-    f.is_protected[b] = IsProtectedBlock(options, in.length, in.block_tokens, b);
+    f.is_protected[b] = IsProtectedBlock(options, in.length, in.block_tokens, b) ||
+                        (!in.pinned.empty() && in.pinned[b] != 0);
     if (f.is_protected[b]) protected_bytes += CostOf(in, in.current[b]);
   }
   f.feasible = protected_bytes <= in.budget_bytes;

@@ -23,7 +23,9 @@
 //    blocks, every block overlapping the last recent_tokens positions, and
 //    the last block whenever it is partially filled (it is still being
 //    written, so quantizing or evicting it would lose tokens just produced;
-//    this holds even with recent_tokens = 0).
+//    this holds even with recent_tokens = 0), plus every block the caller
+//    pins (LayerInput::pinned: blocks it cannot move now, such as cached or
+//    shared ones).
 //  - out[b] >= current[b]: tiers only move down (kvcache/kv_tier.h). A block
 //    already evicted stays evicted and costs nothing.
 //  - If the protected blocks alone fit in budget_bytes, the total cost
@@ -40,6 +42,7 @@
 
 #include <array>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <span>
 #include <string>
@@ -94,6 +97,9 @@ struct LayerInput {
   size_t budget_bytes = 0;          // for this layer's n_blocks units
   // Not owned, non-null during Assign; strictly decreasing over f16..int2.
   const TierBytes* costs = nullptr;
+  // [0 or n_blocks]: nonzero = pinned, held at its current tier and cost
+  // like a protected block. Empty: nothing pinned.
+  std::span<const uint8_t> pinned;
 };
 
 class CompressionPolicy {

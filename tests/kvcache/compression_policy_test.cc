@@ -36,8 +36,11 @@ struct Case {
   std::vector<KvTier> current;
   size_t budget = 0;
   TierBytes costs = kCosts;
+  std::vector<uint8_t> pinned;  // empty or [n_blocks]
 
-  LayerInput input() const { return {length, block_tokens, scores, current, budget, &costs}; }
+  LayerInput input() const {
+    return {length, block_tokens, scores, current, budget, &costs, pinned};
+  }
 };
 
 // n full blocks of 16 tokens, all f16, unobserved, unlimited budget.
@@ -399,9 +402,31 @@ TEST(CompressionPolicyDeathTest, RejectsInputsBreakingTheContract) {
   EXPECT_DEATH(p->Assign(c.input(), &out), "decrease strictly");
   c.costs = {1024, 544, 288, 160, 1};
   EXPECT_DEATH(p->Assign(c.input(), &out), "kEvicted");
+  c = AllF16(3);
+  c.pinned.assign(2, 1);
+  EXPECT_DEATH(p->Assign(c.input(), &out), "pinned.size");
   LayerInput no_costs = AllF16(3).input();
   no_costs.costs = nullptr;
   EXPECT_DEATH(p->Assign(no_costs, &out), "costs");
+}
+
+TEST(CompressionPolicyTest, PinnedBlocksKeepTheirTierInEveryPolicy) {
+  // Blocks 0 and 5 protected, 2 pinned (say, cached), with a high score
+  // elsewhere so that a policy ignoring the pin would move it.
+  Case c = AllF16(6);
+  c.scores = {Observed(1, 1, 1), Observed(9, 9, 9), Observed(0, 0, 0),
+              Observed(9, 9, 9), Observed(9, 9, 9), Observed(1, 1, 1)};
+  c.pinned = {0, 0, 1, 0, 0, 0};
+  c.budget = 3 * Cost(kF16);  // protected + pinned: nothing left for 1, 3, 4
+  PolicyOptions o;
+  o.recent_tokens = 16;
+  for (std::string_view name : CompressionPolicyNames()) {
+    SCOPED_TRACE(std::string(name));
+    const std::vector<KvTier> out = Apply(*Make(name, o), c);
+    EXPECT_EQ(out[2], kF16);
+    if (name == "none") continue;
+    for (int b : {1, 3, 4}) EXPECT_EQ(out[b], name == "quant-uniform" ? kInt2 : kEv) << b;
+  }
 }
 
 // Random instances for the contract checks.
@@ -464,12 +489,18 @@ TEST(CompressionPolicyTest, RandomisedContract) {
   std::mt19937 rng(12345);
   for (int iter = 0; iter < 3000; ++iter) {
     const RandomCase r = MakeRandomCase(rng, 48);
-    const Case& c = r.c;
+    Case c = r.c;
     const int n = static_cast<int>(c.current.size());
+    // Every other case pins some blocks: they are held like protected ones.
+    if (iter % 2 == 1) {
+      c.pinned.resize(n);
+      for (auto& p : c.pinned) p = rng() % 4 == 0;
+    }
     size_t protected_bytes = 0;
     std::vector<bool> prot(n);
     for (int b = 0; b < n; ++b) {
-      prot[b] = IsProtectedBlock(r.options, c.length, c.block_tokens, b);
+      prot[b] = IsProtectedBlock(r.options, c.length, c.block_tokens, b) ||
+                (!c.pinned.empty() && c.pinned[b]);
       if (prot[b]) protected_bytes += Cost(c.current[b], c.costs);
     }
     const bool feasible = protected_bytes <= c.budget;
