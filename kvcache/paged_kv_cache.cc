@@ -110,6 +110,16 @@ bool PagedKvCache::IsPrivate(int seq, int block) const {
   return pool_->ref_count(BlockId(seq, block)) == 1;
 }
 
+int PagedKvCache::BlocksReleasedByFree(int seq) const {
+  auto it = seqs_.find(seq);
+  if (it == seqs_.end()) return 0;
+  int n = 0;
+  for (int32_t id : it->second.blocks) {
+    n += pool_->ref_count(id) == 1 + (index_.Contains(id) ? 1 : 0);
+  }
+  return n;
+}
+
 bool PagedKvCache::IsIndexed(int seq, int block) const {
   return index_.Contains(BlockId(seq, block));
 }

@@ -147,6 +147,12 @@ class PagedKvCache : public KvStore {
   // How many of `blocks` are evictable now: AttachPrefix(seq, blocks)
   // lowers n_available() by this much.
   int EvictableAmong(std::span<const int32_t> blocks) const;
+  // How much n_available() would grow if seq alone were freed now: its
+  // blocks no other sequence holds (freed, or evictable if cached).
+  // Freeing several sequences at once gives at least the sum (blocks they
+  // share with each other count in none of them), so a scheduler that
+  // preempts may count on it; NumBlocks(seq) overcounts shared blocks.
+  int BlocksReleasedByFree(int seq) const;
   // Whether seq's block `block` is in the prefix index.
   bool IsIndexed(int seq, int block) const;
   // Indexed blocks no sequence holds (freed on demand by Reserve).

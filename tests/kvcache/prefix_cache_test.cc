@@ -265,8 +265,15 @@ TEST(PrefixCacheTest, FreeOrderDoesNotMatter) {
     kv->AttachPrefix(3, blocks);
     ASSERT_TRUE(kv->Reserve(3, 40));
     EXPECT_EQ(kv->pool().ref_count(kv->BlockId(1, 0)), 4);  // 3 sequences + the index
+    // Sequence 1 alone holds block 3, sequence 3 alone its private block 2.
+    EXPECT_EQ(kv->BlocksReleasedByFree(1), 1);
+    EXPECT_EQ(kv->BlocksReleasedByFree(2), 0);
+    EXPECT_EQ(kv->BlocksReleasedByFree(3), 1);
     for (int seq : order) {
+      const int available = kv->n_available();
+      const int released = kv->BlocksReleasedByFree(seq);
       kv->Free(seq);
+      EXPECT_EQ(kv->n_available(), available + released);
       ExpectInvariants(*kv);
     }
     // Idle: only the index holds blocks, all of them evictable.
@@ -531,7 +538,10 @@ TEST(PrefixCacheTest, RandomizedMixedWorkloadKeepsAccountsAndEndsWithEveryBlockF
           preempted.push_back(std::move(back));
           ++n_preempted;
         }
+        const int available = kv->n_available();
+        const int released = kv->BlocksReleasedByFree(it->first);
         kv->Free(it->first);
+        EXPECT_EQ(kv->n_available(), available + released);
         running.erase(it);
       } else if (op == 8 && !preempted.empty()) {
         if (admit(preempted.back())) preempted.pop_back();
