@@ -205,6 +205,51 @@ TEST(KvCompressorTest, CachedBlocksStayF16UntilPressureTakesThemOutOfTheIndex) {
   EXPECT_TRUE(kv->CheckInvariants().ok()) << kv->CheckInvariants();
 }
 
+// The case: two questions over one cached document. The document
+// stays cached and f16 while memory lasts; under pressure both requests'
+// plans agree, the blocks leave the cache and compress once, for both.
+TEST(KvCompressorTest, ADocumentSharedByTwoRequestsCompressesJointlyUnderPressure) {
+  auto kv = MakeCache(40);
+  auto c = *KvCompressor::Create(kv.get(), {});
+  const std::vector<int32_t> doc = Prompt(20 * 16);
+  Fill(kv.get(), 1, 20 * 16, 8);
+  ASSERT_EQ(kv->IndexPrefix(1, "t\0ag", doc), 20);
+  kv->Free(1);
+  for (int seq : {2, 3}) {
+    std::vector<int32_t> blocks;
+    ASSERT_EQ(kv->MatchPrefix("t\0ag", doc, 20 * 16, &blocks), 20 * 16);
+    kv->AttachPrefix(seq, blocks);
+    ASSERT_TRUE(kv->Reserve(seq, 22 * 16));
+    std::vector<float> x(static_cast<size_t>(32) * kShape.row_width(), 0.1f * seq);
+    for (int l = 0; l < kShape.n_layers; ++l) kv->Write(seq, l, 20 * 16, 32, x.data(), x.data());
+    c->AddSequence(seq, {"attention-guided", 0.25});
+    std::vector<double> w(22, 1.0);
+    w[seq * 3] = 20;
+    Observe(c.get(), seq, w);
+  }
+  const int ran[] = {2, 3};
+  c->EndStep(ran);
+  EXPECT_EQ(kv->prefix_cache().n_indexed(), 20);
+  EXPECT_EQ(kv->pool().units(KvTier::kF16), 24 * kShape.n_layers);
+  const int free_before = kv->pool().n_free();
+  EXPECT_TRUE(c->Reclaim(free_before + 8));
+  EXPECT_GT(c->counters().unindexed, 0);
+  EXPECT_GT(c->counters().shared_moved, 0);
+  EXPECT_LT(kv->prefix_cache().n_indexed(), 20);
+  for (int l = 0; l < kShape.n_layers; ++l) {
+    for (int b = 0; b < 20; ++b) EXPECT_EQ(kv->Tier(2, l, b), kv->Tier(3, l, b));
+  }
+  EXPECT_EQ(kv->SequenceBytes(2), kv->SequenceBytes(3));
+  EXPECT_LT(kv->SequenceBytes(2), kv->SequenceUncompressedBytes(2));
+  EXPECT_TRUE(kv->CheckInvariants().ok()) << kv->CheckInvariants();
+  for (int seq : {2, 3}) {
+    c->RemoveSequence(seq);
+    kv->Free(seq);
+  }
+  kv->EvictUnused(INT_MAX);
+  EXPECT_EQ(kv->pool().n_used(), 0);
+}
+
 TEST(KvCompressorTest, ReclaimEvictsUnusedCachedBlocksBeforeCompressingAnyone) {
   auto kv = MakeCache(48);
   auto c = *KvCompressor::Create(kv.get(), {});
