@@ -222,7 +222,18 @@ function renderTenants(tenants) {
 let prev = null;
 async function poll() {
   try {
-    const r = await fetch("/v1/stats", { cache: "no-store" });
+    // With API keys (a tenants file) the browser opened this page after a
+    // Basic login (any user name, the key as password) and sends the same
+    // credentials here by itself: same-origin requests carry them.
+    // location.origin, not a relative URL: in a page whose address carries a
+    // user name and password, a relative URL resolves to one with them,
+    // which fetch refuses.
+    const r = await fetch(location.origin + "/v1/stats",
+                          { cache: "no-store", credentials: "same-origin" });
+    if (r.status === 401) {
+      throw new Error("HTTP 401: this server needs an API key; reload the page and log in " +
+                      "with any user name and your key as the password");
+    }
     if (!r.ok) throw new Error("HTTP " + r.status);
     const s = await r.json();
     // Rates from the counters' deltas; none across a restart (counters fell).

@@ -7,6 +7,12 @@
 // Without that file the page still works and shows the tables with a note
 // saying how to get the charts.
 //
+// With API keys (a tenants file) the page, its script and /v1/stats need a
+// key like every route but /health. The server then also challenges for
+// Basic credentials on /dashboard, so a browser asks for a login: any user
+// name, the API key as password. The browser sends them again with the
+// page's own requests; on a 401 the page says how to log in.
+//
 // The page is a raw string literal in dashboard_page.cc rather than a file
 // turned into a header at build time: it is small, has no build step of
 // its own, and reads as-is in the source.

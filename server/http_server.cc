@@ -392,8 +392,11 @@ class HttpServer::Impl {
               "method ", req.method, " is not allowed for ", req.path, "; use ", route->methods))));
       return httplib::Server::HandlerResponse::Handled;
     }
-    if (options_.tenants != nullptr && std::string_view(route->label) != "/health" &&
-        !Authenticate(req, res, *route)) {
+    // POST requests are authenticated by their handler: cpp-httplib reads
+    // the body only after this, and an answer given here would leave the
+    // body in a kept-alive connection, to be read as the next request.
+    if (options_.tenants != nullptr && req.method != "POST" &&
+        std::string_view(route->label) != "/health" && !Authenticate(req, res, *route)) {
       return httplib::Server::HandlerResponse::Handled;
     }
     return httplib::Server::HandlerResponse::Unhandled;
@@ -474,6 +477,7 @@ class HttpServer::Impl {
   }
 
   void Generate(const httplib::Request& req, httplib::Response& res, bool chat) {
+    if (options_.tenants != nullptr && !Authenticate(req, res, *FindRoute(req.path))) return;
     t_info.id = RandomId(chat ? "chatcmpl-" : "cmpl-");
     const std::string& id = t_info.id;
 

@@ -35,9 +35,12 @@ def pick_free_port():
 class KvServer:
     """One `kvserve serve` process on 127.0.0.1 with its own HTTP and gRPC ports."""
 
-    def __init__(self, binary, model, flags=(), threads=2, model_name=MODEL_NAME):
+    def __init__(self, binary, model, flags=(), threads=2, model_name=MODEL_NAME, api_key=None):
         self.binary, self.model, self.flags = binary, model, list(flags)
         self.threads, self.model_name = threads, model_name
+        # With a tenants file every route but /health needs a key: readiness polls,
+        # scrapes and client() send this one.
+        self.api_key = api_key
         self.proc = None
         self._clients = []  # closed before shutdown: idle keep-alive connections delay it
         self.port = None
@@ -76,7 +79,8 @@ class KvServer:
                 raise RuntimeError(f"kvserve exited with {self.proc.returncode} while starting: "
                                    f"{' '.join(self.command())}\n{self.log_tail()}")
             try:
-                if requests.get(self.url("/ready"), timeout=2).status_code == 200:
+                if requests.get(self.url("/ready"), headers=self.auth_headers(),
+                                timeout=2).status_code == 200:
                     return self
             except requests.RequestException:
                 pass
@@ -117,15 +121,18 @@ class KvServer:
 
     # --- clients -----------------------------------------------------------
 
+    def auth_headers(self):
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
     def client(self, timeout=120, **kw):
         """The official OpenAI client; no retries, so a 429 or 5xx surfaces as is."""
-        c = openai.OpenAI(base_url=self.url("/v1"), api_key="unused", max_retries=0,
-                          timeout=timeout, **kw)
+        kw.setdefault("api_key", self.api_key or "unused")
+        c = openai.OpenAI(base_url=self.url("/v1"), max_retries=0, timeout=timeout, **kw)
         self._clients.append(c)
         return c
 
     def metrics_text(self):
-        r = requests.get(self.url("/metrics"), timeout=10)
+        r = requests.get(self.url("/metrics"), headers=self.auth_headers(), timeout=10)
         r.raise_for_status()
         return r.text
 
@@ -168,9 +175,9 @@ def parse_selector(selector):
     return m.group(1), frozenset(labels.items())
 
 
-def start_server(request, binary, model, *flags, threads=2):
+def start_server(request, binary, model, *flags, threads=2, api_key=None):
     """Starts a server that the pytest `request`'s scope stops at its teardown."""
-    srv = KvServer(binary, model, flags, threads=threads)
+    srv = KvServer(binary, model, flags, threads=threads, api_key=api_key)
     request.addfinalizer(srv.stop)
     return srv.start()
 

@@ -265,6 +265,24 @@ TEST_F(HttpServerTest, WithTenantsEveryRouteButHealthNeedsAKey) {
   EXPECT_EQ(basic->status, 200);
 }
 
+// A refused POST must consume its body: on a kept-alive connection the
+// body would otherwise be read as the next request.
+TEST_F(HttpServerTest, ARefusedPostLeavesTheConnectionUsable) {
+  tenants_json_ = R"({"tenants": [{"id": "acme", "api_keys": [")" + KeyHash("key-a") + R"("]}]})";
+  Start();
+  client_->set_keep_alive(true);
+  const std::string body = json{{"prompt", {10, 11}}, {"max_tokens", 2}}.dump();
+  for (int i = 0; i < 3; ++i) {
+    auto refused = client_->Post("/v1/completions", {{"Authorization", "Bearer wrong"}}, body,
+                                 "application/json");
+    ASSERT_TRUE(refused);
+    EXPECT_EQ(refused->status, 401);
+    auto next = client_->Get("/v1/models", {{"Authorization", "Bearer key-a"}});
+    ASSERT_TRUE(next);
+    EXPECT_EQ(next->status, 200) << next->body;
+  }
+}
+
 TEST_F(HttpServerTest, ARequestIsChargedToTheTenantOfItsKey) {
   tenants_json_ = R"({"tenants": [{"id": "acme", "api_keys": [")" + KeyHash("key-a") +
                   R"("]}, {"id": "beta", "api_keys": [")" + KeyHash("key-b") + R"("]}]})";
