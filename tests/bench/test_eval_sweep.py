@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import subprocess
 import sys
 
 import pytest
@@ -320,3 +321,14 @@ kvserve_ttft_seconds_bucket{le="+Inf"} 7 1700000000
                       'kvserve_ttft_seconds_bucket{le="+Inf"}': 7.0}
     assert client.metric_sum(series, "kvserve_kv_bytes") == 3072.5
     assert client.metric_sum(series, "kvserve_missing") == 0.0
+
+
+# --- the scripts that share kvserve_eval's launcher and client --------------------------
+
+@pytest.mark.parametrize("script", ["kvserve-eval", "passkey.py", "compression_ppl.py",
+                                    "compression_overhead.py"])
+def test_bench_scripts_start(script):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", script), "--help"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage:")
