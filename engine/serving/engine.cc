@@ -343,6 +343,7 @@ class EngineImpl {
       s->prompt_len = static_cast<int>(req.prompt.size());
       s->kv_spec = req.kv_compression.value_or(config_.kv_compression);
       s->prefill_chunk_tokens = req.prefill_chunk_tokens;
+      s->cache_salt = CacheSalt(req.tenant, s->kv_spec);
       model::SamplingParams sp;
       sp.temperature = req.sampling.temperature;
       sp.top_k = req.sampling.top_k;
@@ -423,19 +424,97 @@ class EngineImpl {
     return limits;
   }
 
+  // Sharing scope of the prefix cache: the tenant (a client cannot choose
+  // another's) and the compression spec (blocks cached by one policy are
+  // compressed as that policy decides, so only its own requests share them).
+  static std::string CacheSalt(const std::string& tenant, const kvcache::KvCompressionSpec& spec) {
+    std::string salt = tenant;
+    salt.push_back('\0');
+    absl::StrAppend(&salt, spec.policy);
+    salt.push_back('\0');
+    absl::StrAppend(&salt, spec.ratio);
+    return salt;
+  }
+
+  // Gives waiting sequences that hold no KV yet the longest cached prefix of
+  // their prompt (all but its last token, whose logits are needed). Done
+  // before scheduling so the scheduler counts only what is left to compute
+  // and the attached blocks cannot be evicted in between.
+  void AttachCachedPrefixes() {
+    if (!config_.prefix_cache) return;
+    for (Sequence* s : waiting_) {
+      if (s->num_computed != 0 || kv_->HasSequence(s->id)) continue;
+      const std::span<const int32_t> prompt(s->tokens.data(), s->prompt_len);
+      const int matched = kv_->MatchPrefix(s->cache_salt, prompt, s->prompt_len - 1, &match_);
+      if (matched == 0) continue;
+      kv_->AttachPrefix(s->id, match_);
+      s->num_computed = matched;
+      s->cached_tokens = matched;
+      tenants_.counters(s->tenant).cached_prompt_tokens += matched;
+    }
+  }
+
+  // Caches the prompt blocks s has computed (only full f16 blocks go in).
+  // Called before the compressor's assessment of the step, so a prompt is
+  // cached before it can be compressed.
+  void IndexComputedPrompt(const Sequence* s, int computed) {
+    if (!config_.prefix_cache) return;
+    const int n = std::min(computed, s->prompt_len);
+    kv_->IndexPrefix(s->id, s->cache_salt, std::span<const int32_t>(s->tokens.data(), n));
+  }
+
+  // Tenants whose KV budget stopped their sequences: compress their own
+  // sequences harder until each of their running sequences could take one
+  // more block within the budget. Returns whether any room was made.
+  bool ReclaimTenantBudgets(const std::vector<int>& over_budget) {
+    bool any = false;
+    const int64_t block_bytes = static_cast<int64_t>(kv_->pool().bytes_per_block());
+    for (int t : over_budget) {
+      const int64_t budget = tenants_.limits(t).kv_budget_bytes;
+      if (budget <= 0) continue;
+      std::vector<int> seqs;
+      for (const Sequence* s : running_) {
+        if (s->tenant == t && compressor_->Compresses(s->id)) seqs.push_back(s->id);
+      }
+      if (seqs.empty()) continue;
+      ++tenants_.counters(t).budget_reclaims;
+      auto done = [&] {
+        int64_t held = 0;
+        int n = 0;
+        for (const Sequence* s : running_) {
+          if (s->tenant != t) continue;
+          held += static_cast<int64_t>(kv_->SequenceBytes(s->id));
+          ++n;
+        }
+        return held + n * block_bytes <= budget;
+      };
+      any |= compressor_->ReclaimUntil(seqs, done);
+    }
+    return any;
+  }
+
   void Step() {
     if (running_.empty() && waiting_.empty()) return;
+    AttachCachedPrefixes();
     ScheduleLimits limits = MakeLimits();
     SchedulerDecision d = scheduler_->Schedule(running_, waiting_, *kv_, limits);
+    if (!d.over_budget.empty() && ReclaimTenantBudgets(d.over_budget)) {
+      // A tenant over its budget compresses its own sequences harder before
+      // waiting or preempting its own; other tenants are not touched.
+      limits = MakeLimits();
+      limits.admit = false;
+      d = scheduler_->Schedule(running_, waiting_, *kv_, limits);
+    }
     if (!d.preempted.empty()) {
       // Memory is short: compress harder before preempting anyone. Aim for
       // the blocks the preemptions would have freed, then plan again,
       // without admissions: what compression freed goes to the running
       // sequences (admitting new ones would bring the pressure straight
       // back).
-      int want = kv_->pool().n_free();
-      for (const Sequence* s : d.preempted) want += kv_->NumBlocks(s->id);
+      int want = kv_->n_available();
+      for (const Sequence* s : d.preempted) want += kv_->BlocksReleasedByFree(s->id);
       compressor_->Reclaim(want);
+      limits = MakeLimits();
       limits.admit = false;
       d = scheduler_->Schedule(running_, waiting_, *kv_, limits);
     }
@@ -511,6 +590,11 @@ class EngineImpl {
       ReapFinished();
       return;
     }
+    for (const ScheduledChunk& ch : d.chunks) {
+      if (ch.seq->num_computed < ch.seq->prompt_len) {
+        IndexComputedPrompt(ch.seq, ch.seq->num_computed + ch.n_tokens);
+      }
+    }
     compressor_->EndStep(ran_);
     for (const ScheduledChunk& ch : d.chunks) tenants_.Charge(ch.seq->tenant, ch.n_tokens);
     const int n_vocab = runner_->config().n_vocab;
@@ -544,10 +628,11 @@ class EngineImpl {
   void CheckInvariants() const {
     absl::Status st = kv_->CheckInvariants();
     KV_CHECK_MSG(st.ok(), (std::string(st.message()) + "\n" + kv_->DebugString()).c_str());
-    // Without shared blocks, live sequences hold exactly the used blocks.
-    int held = 0;
-    for (const auto& s : seqs_) held += kv_->HasSequence(s->id) ? kv_->NumBlocks(s->id) : 0;
-    KV_CHECK_MSG(held == kv_->pool().n_used(), kv_->DebugString().c_str());
+    // With no sequence alive, only the prefix cache holds blocks.
+    if (seqs_.empty()) {
+      KV_CHECK_MSG(kv_->pool().n_used() == kv_->prefix_cache().n_indexed(),
+                   kv_->DebugString().c_str());
+    }
     KV_CHECK(kv_->num_sequences() <= static_cast<int>(seqs_.size()));
   }
 
@@ -621,6 +706,7 @@ class EngineImpl {
     e.finish = reason;
     e.error = std::move(error);
     e.prompt_tokens = s->prompt_len;
+    e.cached_tokens = s->cached_tokens;
     e.completion_tokens = s->generated;
     e.kv_bytes = static_cast<int64_t>(kv_->SequenceBytes(s->id));
     e.kv_bytes_uncompressed = static_cast<int64_t>(kv_->SequenceUncompressedBytes(s->id));
@@ -640,6 +726,7 @@ class EngineImpl {
       t.completion_tokens = s->generated;
       t.finish = reason;
       t.tenant = tenants_.limits(s->tenant).id;
+      t.cached_tokens = s->cached_tokens;
       t.kv_policy = s->kv_spec.policy;
       t.kv_bytes = e.kv_bytes;
       t.kv_bytes_uncompressed = e.kv_bytes_uncompressed;
@@ -676,6 +763,8 @@ class EngineImpl {
     st.kv_compress_failed = cc.failed;
     st.kv_reclaim_rounds = cc.reclaim_rounds;
     st.kv_policy_seconds = cc.policy_seconds;
+    st.prefix_cache_blocks = kv_->prefix_cache().n_indexed();
+    st.prefix_cache_hit_tokens = kv_->prefix_cache().counters().hit_tokens;
     st.preemptions = preemptions_;
     st.prompt_tokens = prompt_tokens_;
     st.generation_tokens = generation_tokens_;
@@ -772,6 +861,7 @@ class EngineImpl {
   int64_t requests_finished_ = 0;
   TenantBook tenants_;
   std::vector<kvcache::KvTier> tiers_scratch_;
+  std::vector<int32_t> match_;  // AttachCachedPrefixes' scratch
 
   // Shared with front-end threads.
   mutable std::mutex mu_;

@@ -25,6 +25,14 @@ struct EngineConfig {
   // knobs shared by every sequence (scores, protection, pressure).
   kvcache::KvCompressionSpec kv_compression;
   kvcache::KvCompressorOptions kv_compressor;
+  // Automatic prefix caching: a request whose prompt starts with the same
+  // full blocks of tokens as an earlier one of the same tenant and the same
+  // compression spec reuses their KV and prefills only the rest. Cached
+  // prompt blocks stay f16 until memory pressure (the pool, or the tenant's
+  // budget) makes the compressor take them out of the cache and compress
+  // them; so with the cache on, compression is lazy. Off: every request
+  // prefills its whole prompt and compresses to its target eagerly.
+  bool prefix_cache = false;
   // Debug hook: after every engine step, verify the KV cache's invariants
   // (PagedKvCache::CheckInvariants) and that the blocks held by live
   // sequences are exactly the pool's used blocks; a violation aborts with

@@ -37,7 +37,8 @@ class Planner {
     live_ = running;
     scheduled_.assign(live_.size(), 0);
     budget_ = limits.max_batch_tokens;
-    free_blocks_ = kv.pool().n_free();
+    // Unused prefix-cache blocks are free for the taking (Reserve evicts them).
+    free_blocks_ = kv.n_available();
     const size_t nt = std::max<size_t>(1, limits.tenants.size());
     tenant_blocks_.assign(nt, std::numeric_limits<int64_t>::max());
     given_.assign(nt, 0);
@@ -223,7 +224,9 @@ class Planner {
   }
   void Preempt(size_t v) {
     Sequence* s = live_[v];
-    const int blocks = kv_.NumBlocks(s->id);
+    // Shared blocks stay with their other holders: count only what freeing
+    // it really releases.
+    const int blocks = kv_.BlocksReleasedByFree(s->id);
     free_blocks_ += blocks;
     int64_t& tb = tenant_blocks_[TenantOf(s)];
     if (tb != std::numeric_limits<int64_t>::max()) tb += blocks;

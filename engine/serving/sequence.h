@@ -38,7 +38,11 @@ struct Sequence {
   bool running = false;
   kvcache::KvCompressionSpec kv_spec;  // this choice's KV compression
   int prefill_chunk_tokens = 0;        // GenerationRequest::prefill_chunk_tokens
-  bool kv_tracked = false;             // known to the engine's KvCompressor
+  // Prefix cache: the key that scopes sharing (tenant and compression spec)
+  // and the prompt tokens its last attachment took from the cache.
+  std::string cache_salt;
+  int cached_tokens = 0;
+  bool kv_tracked = false;  // known to the engine's KvCompressor
 
   std::unique_ptr<model::Sampler> sampler;
   std::unique_ptr<StopMatcher> stop;

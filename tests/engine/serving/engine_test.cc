@@ -112,7 +112,8 @@ class EngineTest : public ::testing::Test {
   static void WaitIdle(Engine& e) {
     for (int i = 0; i < 2000; ++i) {
       const EngineStats s = e.Stats();
-      if (s.running == 0 && s.waiting == 0 && s.kv_blocks_used == 0) return;
+      // Idle: only the prefix cache (if on) holds blocks.
+      if (s.running == 0 && s.waiting == 0 && s.kv_blocks_used == s.prefix_cache_blocks) return;
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
     FAIL() << "engine did not go idle";
@@ -292,6 +293,142 @@ TEST_F(EngineTest, TenantQueueCapRejectsWithResourceExhausted) {
   Drain(**other, 1);
   WaitIdle(*e);
   EXPECT_EQ(e->Stats().kv_blocks_free, e->Stats().kv_blocks_total);
+}
+
+TEST_F(EngineTest, PrefixCacheSharesWithinATenantAndSpecOnly) {
+  EngineConfig cfg;
+  cfg.prefix_cache = true;
+  auto e = MakeEngine(cfg);
+  ASSERT_TRUE(e->SetTenants({{"a"}, {"b"}}).ok());
+  const std::vector<int32_t> want = Reference(Prompt(200, 3), 6);
+  auto run = [&](const std::string& tenant, std::optional<kvcache::KvCompressionSpec> spec) {
+    GenerationRequest r = Greedy(Prompt(200, 3), 6);
+    r.tenant = tenant;
+    r.kv_compression = spec;
+    auto h = e->Submit(r);
+    EXPECT_TRUE(h.ok()) << h.status();
+    int cached = -1;
+    std::vector<int32_t> tokens;
+    while (!(*h)->Done()) {
+      auto ev = (*h)->Next(absl::Seconds(30));
+      if (!ev) continue;
+      tokens.insert(tokens.end(), ev->tokens.begin(), ev->tokens.end());
+      if (ev->finish != FinishReason::kNone) cached = ev->cached_tokens;
+    }
+    EXPECT_EQ(tokens, want) << tenant;
+    return cached;
+  };
+  EXPECT_EQ(run("a", std::nullopt), 0);  // first: computes everything
+  // Every full block but the one holding the last prompt token: 192 of 200.
+  EXPECT_EQ(run("a", std::nullopt), 192);
+  EXPECT_EQ(run("b", std::nullopt), 0);  // another tenant never sees a's blocks
+  EXPECT_EQ(run("b", std::nullopt), 192);
+  EXPECT_EQ(run("a", kvcache::KvCompressionSpec{"h2o", 0.5}), 0);  // another spec
+  WaitIdle(*e);
+  const EngineStats st = e->Stats();
+  EXPECT_EQ(st.prefix_cache_hit_tokens, 2 * 192);
+  EXPECT_EQ(FindTenant(st, "a")->cached_prompt_tokens, 192);
+  EXPECT_EQ(FindTenant(st, "b")->cached_prompt_tokens, 192);
+  // Idle: only the cache holds blocks.
+  EXPECT_GT(st.prefix_cache_blocks, 0);
+  EXPECT_EQ(st.kv_blocks_used, st.prefix_cache_blocks);
+}
+
+TEST_F(EngineTest, PrefixCacheUnderPressureWithAbortsKeepsResultsAndAccounts) {
+  const auto& mc = model_->config();
+  EngineConfig cfg;
+  cfg.prefix_cache = true;
+  // 24 blocks: a 96-token document shared by questions of 20-40 tokens plus
+  // 30 outputs; five at once do not fit, so there are preemptions and
+  // evictions of cached blocks too.
+  cfg.kv_cache_bytes =
+      kvcache::BlockPool::BytesPerBlock({mc.n_layers, mc.n_kv_head, mc.head_dim}, 16) * 24;
+  cfg.max_batch_tokens = 64;
+  std::vector<int32_t> doc = Prompt(96, 5);
+  std::vector<std::vector<int32_t>> prompts, want;
+  for (int i = 0; i < 10; ++i) {
+    std::vector<int32_t> p = i % 3 == 2 ? Prompt(96, 11 + i) : doc;  // some other documents
+    std::vector<int32_t> q = Prompt(20 + 2 * i, 20 + i);
+    p.insert(p.end(), q.begin(), q.end());
+    prompts.push_back(p);
+    want.push_back(Reference(p, 30));
+  }
+  auto e = MakeEngine(cfg);
+  std::vector<std::shared_ptr<RequestHandle>> hs;
+  for (int i = 0; i < 10; ++i) {
+    auto h = e->Submit(Greedy(prompts[i], 30));
+    ASSERT_TRUE(h.ok()) << h.status();
+    hs.push_back(*h);
+  }
+  hs[4]->Cancel();
+  hs[7]->Cancel();
+  int hits = 0;
+  for (int i = 0; i < 10; ++i) {
+    Collected c = Drain(*hs[i], 1);
+    if (i == 4 || i == 7) continue;
+    EXPECT_EQ(c.tokens[0], want[i]) << "request " << i;
+  }
+  WaitIdle(*e);
+  const EngineStats st = e->Stats();
+  hits = static_cast<int>(st.prefix_cache_hit_tokens);
+  EXPECT_GT(hits, 0);
+  EXPECT_GT(st.preemptions, 0);
+  EXPECT_EQ(st.kv_blocks_used, st.prefix_cache_blocks);
+  EXPECT_EQ(st.kv_bytes_used,
+            st.prefix_cache_blocks * static_cast<int64_t>(kvcache::BlockPool::BytesPerBlock(
+                                         {mc.n_layers, mc.n_kv_head, mc.head_dim}, 16)));
+}
+
+TEST_F(EngineTest, TenantOverBudgetCompressesItsOwnSequencesFirst) {
+  const auto& mc = model_->config();
+  const int64_t block_bytes = static_cast<int64_t>(
+      kvcache::BlockPool::BytesPerBlock({mc.n_layers, mc.n_kv_head, mc.head_dim}, 16));
+  EngineConfig cfg;
+  cfg.kv_cache_bytes = block_bytes * 96;
+  cfg.max_batch_tokens = 64;
+  cfg.kv_compressor.policy.recent_tokens = 16;
+  auto e = MakeEngine(cfg);
+  // Three requests of 19 blocks (150 + 150 tokens) in f16 would need 57;
+  // tenant a may hold 30 blocks' bytes, and compresses to fit.
+  TenantLimits a{"a"};
+  a.kv_budget_bytes = 30 * block_bytes;
+  ASSERT_TRUE(e->SetTenants({a, {"b"}}).ok());
+  std::vector<std::shared_ptr<RequestHandle>> hs;
+  for (int i = 0; i < 4; ++i) {
+    GenerationRequest r = Greedy(Prompt(150, 30 + i), 150);
+    r.tenant = i < 3 ? "a" : "b";
+    // Ratio 1: nothing is compressed until the budget asks for it.
+    r.kv_compression = kvcache::KvCompressionSpec{"h2o", 1.0};
+    auto h = e->Submit(r);
+    ASSERT_TRUE(h.ok()) << h.status();
+    hs.push_back(*h);
+  }
+  std::atomic<bool> done{false};
+  std::atomic<int64_t> max_a{0};
+  std::thread watcher([&] {
+    while (!done.load()) {
+      const EngineStats st = e->Stats();
+      if (const TenantStats* t = FindTenant(st, "a"); t != nullptr && t->kv_bytes > max_a.load()) {
+        max_a.store(t->kv_bytes);
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  });
+  for (int i = 0; i < 4; ++i) {
+    Collected c = Drain(*hs[i], 1);
+    EXPECT_EQ(c.finish[0], FinishReason::kLength) << i;
+  }
+  WaitIdle(*e);
+  done.store(true);
+  watcher.join();
+  const EngineStats st = e->Stats();
+  EXPECT_LE(max_a.load(), a.kv_budget_bytes);
+  EXPECT_GT(FindTenant(st, "a")->budget_reclaims, 0)
+      << "max " << max_a.load() << " block " << block_bytes << " preemptions "
+      << FindTenant(st, "a")->preemptions;
+  EXPECT_EQ(FindTenant(st, "b")->preemptions, 0);
+  EXPECT_EQ(FindTenant(st, "b")->budget_reclaims, 0);
+  EXPECT_EQ(st.kv_blocks_free, st.kv_blocks_total);
 }
 
 TEST_F(EngineTest, CancelFreesBlocksWithinAStep) {
