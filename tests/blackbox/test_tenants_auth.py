@@ -8,6 +8,7 @@ Retry-After; `kvserve hash-key` makes the hashes; SIGHUP reloads the file (a new
 a removed key stops, a malformed file keeps the old keys, a stream in flight completes).
 """
 import base64
+import hashlib
 import json
 import os
 import signal
@@ -130,7 +131,6 @@ def test_every_http_route_needs_a_key(server, method, path, body):
 
 
 def hash_key_of_acme():
-    import hashlib
     return "sha256:" + hashlib.sha256(KEYS["acme"].encode()).hexdigest()
 
 
