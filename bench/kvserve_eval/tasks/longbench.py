@@ -34,7 +34,6 @@ setting "dataset=<name>"; metric the dataset's metric name from metrics.py ("qa_
 "rouge_l", "classification", "retrieval", "count").
 """
 
-import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -43,8 +42,9 @@ import sys
 import time
 from typing import List, Optional, Sequence
 
-from kvserve_eval import metrics
+from kvserve_eval import metrics, taskutil
 from kvserve_eval.tasks.base import EvalContext, ItemResult, Task
+from kvserve_eval.util import csv_list
 
 # LongBench's prompt formats for its English datasets ({context} and {input} are the row's
 # fields). Kept exactly as LongBench has them, typos included ("asconcisely"), so the
@@ -397,7 +397,7 @@ class LongBenchTask(Task):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument(
-            "--longbench-files", type=lambda s: [p for p in s.split(",") if p], default=None,
+            "--longbench-files", type=csv_list(str), default=None,
             help="comma-separated LongBench JSONL files (relative paths are taken from the "
                  "data dir first, then the working directory) [default: "
                  + ",".join(DEFAULT_FILES) + "]")
@@ -438,10 +438,9 @@ class LongBenchTask(Task):
         ctx.log(f"longbench: {len(items)} rows ({sum(i.truncated for i in items)} truncated "
                 f"to {max_context} tokens) under {ctx.setting.label}")
         kv_compression = ctx.setting.kv_compression()
-        workers = max(1, int(ctx.concurrency or 1))
-        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(
-                lambda item: evaluate(ctx.client, item, kv_compression, self.name), items))
+        results = taskutil.run_items(
+            ctx, self.name, items,
+            lambda item: [evaluate(ctx.client, item, kv_compression, self.name)])
         failed = sum(1 for r in results if "error" in r.extra)
         if failed:
             ctx.log(f"longbench: {failed} of {len(results)} requests failed")
