@@ -237,6 +237,7 @@ v1::GenerateResponse ToGenerateResponse(const engine::StreamEvent& event,
   if (event.finish != engine::FinishReason::kNone) {
     out.mutable_usage()->set_prompt_tokens(event.prompt_tokens);
     out.mutable_usage()->set_completion_tokens(event.completion_tokens);
+    out.mutable_usage()->set_cached_tokens(event.cached_tokens);
     SetKvUsage(event.kv_bytes, event.kv_bytes_uncompressed, out.mutable_usage());
   }
   out.set_request_id(request_id);
@@ -278,6 +279,7 @@ absl::Status CompleteAccumulator::Add(const engine::StreamEvent& event) {
     // Every choice shares the prompt; its count is the same on each.
     usage->set_prompt_tokens(event.prompt_tokens);
     usage->set_completion_tokens(usage->completion_tokens() + event.completion_tokens);
+    usage->set_cached_tokens(std::max(usage->cached_tokens(), event.cached_tokens));
     SetKvUsage(usage->kv_bytes() + event.kv_bytes,
                usage->kv_bytes_uncompressed() + event.kv_bytes_uncompressed, usage);
   }

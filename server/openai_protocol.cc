@@ -607,6 +607,7 @@ nlohmann::json UsageJson(int prompt_tokens, int completion_tokens, const KvUsage
                       {"completion_tokens", completion_tokens},
                       {"total_tokens", prompt_tokens + completion_tokens}};
   if (kv != nullptr) {
+    u["prompt_tokens_details"] = {{"cached_tokens", kv->cached_tokens}};
     u["kv_bytes"] = kv->bytes;
     u["kv_bytes_uncompressed"] = kv->bytes_uncompressed;
     u["kv_compression_ratio"] =
@@ -680,6 +681,7 @@ absl::Status ResponseCollector::Add(engine::StreamEvent e) {
     c.completion_tokens = e.completion_tokens;
     c.kv_bytes = e.kv_bytes;
     c.kv_bytes_uncompressed = e.kv_bytes_uncompressed;
+    c.cached_tokens = e.cached_tokens;
   }
   if (e.finish == engine::FinishReason::kError) {
     return e.error.ok() ? absl::InternalError("the engine failed the request") : e.error;
@@ -708,6 +710,8 @@ KvUsage ResponseCollector::kv_usage() const {
   for (const ChoiceOutput& c : choices_) {
     kv.bytes += c.kv_bytes;
     kv.bytes_uncompressed += c.kv_bytes_uncompressed;
+    // The choices share one prompt: its cached part is counted once.
+    kv.cached_tokens = std::max(kv.cached_tokens, c.cached_tokens);
   }
   return kv;
 }
@@ -848,6 +852,7 @@ absl::StatusOr<std::string> StreamFormatter::OnEvent(const engine::StreamEvent& 
     completion_tokens_[i] = e.completion_tokens;
     kv_usage_.bytes += e.kv_bytes;
     kv_usage_.bytes_uncompressed += e.kv_bytes_uncompressed;
+    kv_usage_.cached_tokens = std::max(kv_usage_.cached_tokens, e.cached_tokens);
   }
   const bool has_logprobs = options_.logprobs && !e.logprobs.empty();
   if (e.text.empty() && !has_logprobs && !finished) return out;

@@ -102,11 +102,14 @@ nlohmann::json FinishReasonJson(engine::FinishReason reason);
 struct KvUsage {
   int64_t bytes = 0;
   int64_t bytes_uncompressed = 0;
+  int cached_tokens = 0;  // prompt tokens served from the prefix cache
 };
 
 // {prompt_tokens, completion_tokens, total_tokens} plus, when `kv` is given,
-// the kvserve fields kv_bytes, kv_bytes_uncompressed, kv_compression_ratio
-// (bytes / bytes_uncompressed; 1 when nothing was cached).
+// prompt_tokens_details.cached_tokens (as OpenAI reports prefix-cache hits)
+// and the kvserve fields kv_bytes, kv_bytes_uncompressed,
+// kv_compression_ratio (bytes / bytes_uncompressed; 1 when nothing was
+// cached).
 nlohmann::json UsageJson(int prompt_tokens, int completion_tokens, const KvUsage* kv = nullptr);
 
 // id -> the token's bytes (tokenizer::Tokenizer::TokenToPiece).
@@ -142,6 +145,7 @@ struct ChoiceOutput {
   int completion_tokens = 0;
   int64_t kv_bytes = 0;
   int64_t kv_bytes_uncompressed = 0;
+  int cached_tokens = 0;
 };
 
 // Folds the events of an n-choice request (non-streaming responses).

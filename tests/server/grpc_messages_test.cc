@@ -151,8 +151,11 @@ TEST_F(GrpcMessagesTest, RatioOutsideZeroOneIsInvalidArgumentNamingTheField) {
 }
 
 TEST_F(GrpcMessagesTest, StreamedFinalMessageCarriesKvBytesAndRatio) {
-  v1::GenerateResponse last = ToGenerateResponse(Final(0, 300, 1200), *tokenizer_, "req-1");
+  engine::StreamEvent final_event = Final(0, 300, 1200);
+  final_event.cached_tokens = 16;
+  v1::GenerateResponse last = ToGenerateResponse(final_event, *tokenizer_, "req-1");
   ASSERT_TRUE(last.has_usage());
+  EXPECT_EQ(last.usage().cached_tokens(), 16);
   EXPECT_EQ(last.usage().prompt_tokens(), 3);
   EXPECT_EQ(last.usage().completion_tokens(), 1);
   EXPECT_EQ(last.usage().kv_bytes(), 300);

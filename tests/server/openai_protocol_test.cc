@@ -386,8 +386,9 @@ TEST(SerialiseTest, FinishReasonsAndUsage) {
   EXPECT_TRUE(FinishReasonJson(engine::FinishReason::kAbort).is_null());
   EXPECT_EQ(UsageJson(3, 4),
             json({{"prompt_tokens", 3}, {"completion_tokens", 4}, {"total_tokens", 7}}));
-  const KvUsage kv{1000, 4000};
+  const KvUsage kv{1000, 4000, 2};
   const json u = UsageJson(3, 4, &kv);
+  EXPECT_EQ(u["prompt_tokens_details"], json({{"cached_tokens", 2}}));
   EXPECT_EQ(u["kv_bytes"], 1000);
   EXPECT_EQ(u["kv_bytes_uncompressed"], 4000);
   EXPECT_DOUBLE_EQ(u["kv_compression_ratio"].get<double>(), 0.25);
@@ -446,9 +447,14 @@ TEST(CollectorTest, FoldsChoicesAndReportsFailures) {
   EXPECT_TRUE(c.Add(Event(0, "Hel")).ok());
   EXPECT_TRUE(c.Add(Event(1, "Bye")).ok());
   EXPECT_FALSE(c.AllFinished());
-  EXPECT_TRUE(c.Add(Event(0, "lo", engine::FinishReason::kStop, 2)).ok());
-  EXPECT_TRUE(c.Add(Event(1, "", engine::FinishReason::kLength, 5)).ok());
+  engine::StreamEvent last0 = Event(0, "lo", engine::FinishReason::kStop, 2);
+  last0.cached_tokens = 32;
+  engine::StreamEvent last1 = Event(1, "", engine::FinishReason::kLength, 5);
+  last1.cached_tokens = 32;
+  EXPECT_TRUE(c.Add(last0).ok());
+  EXPECT_TRUE(c.Add(last1).ok());
   EXPECT_TRUE(c.AllFinished());
+  EXPECT_EQ(c.kv_usage().cached_tokens, 32);  // one prompt, counted once
   EXPECT_EQ(c.choices()[0].text, "Hello");
   EXPECT_EQ(c.choices()[0].finish, engine::FinishReason::kStop);
   EXPECT_EQ(c.completion_tokens(), 7);
