@@ -57,7 +57,8 @@ class ItemResult:
 # Metrics where smaller is better (the significance test's direction and the plots'
 # axes follow this). "nll" items also yield a derived "perplexity" row: exp of the mean
 # and of the CI bounds.
-LOWER_IS_BETTER = frozenset({"nll", "perplexity", "ttft_s", "tpot_s", "step_s"})
+LOWER_IS_BETTER = frozenset(
+    {"nll", "perplexity", "ttft_s", "ttft_p50_s", "ttft_p95_s", "tpot_s", "step_s"})
 
 
 @dataclasses.dataclass
