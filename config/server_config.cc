@@ -160,11 +160,26 @@ const std::vector<OptionSpec>& Specs() {
     s.push_back({{"block-tokens", "N", std::to_string(e.block_tokens),
                   "tokens per KV cache block (a multiple of 16)"},
                  EngineIntField(&engine::EngineConfig::block_tokens)});
-    s.push_back({{"scheduler", "POLICY", e.scheduler, "scheduling policy"},
-                 [](ServerConfig* c, std::string_view, std::string_view v) -> absl::Status {
-                   c->engine.scheduler = std::string(v);
+    s.push_back({{"prefix-cache", "BOOL", e.prefix_cache ? "true" : "false",
+                  "reuse the KV of a prompt prefix already computed for the same tenant and "
+                  "compression spec (true/false); cached prompts stay f16 until memory pressure"},
+                 [](ServerConfig* c, std::string_view key, std::string_view v) -> absl::Status {
+                   if (v == "true" || v == "on" || v == "1") {
+                     c->engine.prefix_cache = true;
+                   } else if (v == "false" || v == "off" || v == "0") {
+                     c->engine.prefix_cache = false;
+                   } else {
+                     return absl::InvalidArgumentError(absl::StrCat(
+                         std::string(key), ": expected true or false, got '", std::string(v), "'"));
+                   }
                    return absl::OkStatus();
                  }});
+    s.push_back(
+        {{"scheduler", "POLICY", e.scheduler, "scheduling policy: fair (by tenant weight) or fcfs"},
+         [](ServerConfig* c, std::string_view, std::string_view v) -> absl::Status {
+           c->engine.scheduler = std::string(v);
+           return absl::OkStatus();
+         }});
     const kvcache::KvCompressorOptions& k = e.kv_compressor;
     s.push_back({{"kv-policy", "NAME", e.kv_compression.policy,
                   "default KV compression policy of requests that give none: none, streaming, "

@@ -172,6 +172,22 @@ TEST(ServerConfigTest, RejectsEachBadFieldByName) {
   EXPECT_THAT(std::string(r.status().message()), StartsWith("model: a GGUF path is required"));
 }
 
+TEST(ServerConfigTest, PrefixCacheIsOffByDefaultAndTakesBooleans) {
+  EXPECT_FALSE(WithModel().Build()->engine.prefix_cache);
+  for (const char* on : {"true", "on", "1"}) {
+    ServerConfigBuilder b = WithModel();
+    ASSERT_TRUE(b.Set("prefix-cache", on).ok()) << on;
+    EXPECT_TRUE(b.Build()->engine.prefix_cache) << on;
+  }
+  ServerConfigBuilder b = WithModel();
+  ASSERT_TRUE(b.Set("prefix-cache", "true").ok());
+  ASSERT_TRUE(b.Set("prefix_cache", "off").ok());
+  EXPECT_FALSE(b.Build()->engine.prefix_cache);
+  const absl::Status bad = WithModel().Set("prefix-cache", "maybe");
+  EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.message().find("prefix-cache"), std::string::npos) << bad;
+}
+
 TEST(ServerConfigTest, GrpcPortZeroDisablesGrpc) {
   ServerConfigBuilder b = WithModel();
   ASSERT_TRUE(b.Set("grpc-port", "0").ok());
@@ -193,7 +209,7 @@ TEST(ServerConfigTest, JsonFileThenFlagsOverride) {
   std::ofstream(path) << R"({"model": ")" << FakeModel() << R"(", "port": 9100,
       "kv_cache_bytes": "512MiB", "max-running": 4, "model_name": "from-file",
       "max_context": 2048.0, "kv_policy": "h2o", "kv_ratio": 0.25,
-      "debug_check_invariants": true, "drain_timeout": 0})";
+      "debug_check_invariants": true, "drain_timeout": 0, "prefix_cache": true})";
   ServerConfigBuilder b;
   ASSERT_TRUE(b.ApplyFile(path).ok());
   ASSERT_TRUE(b.Set("port", "9200").ok());  // a flag given after the file wins
@@ -207,6 +223,7 @@ TEST(ServerConfigTest, JsonFileThenFlagsOverride) {
   EXPECT_EQ(c->engine.kv_compression.policy, "h2o");
   EXPECT_EQ(c->engine.kv_compression.ratio, 0.25);
   EXPECT_TRUE(c->engine.check_invariants);
+  EXPECT_TRUE(c->engine.prefix_cache);
   EXPECT_EQ(c->drain_timeout_s, 0);  // 0 is valid: abort at once
   std::remove(path.c_str());
 }
