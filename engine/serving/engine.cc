@@ -4,7 +4,6 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <deque>
 #include <mutex>
 #include <random>
 #include <thread>
@@ -15,6 +14,8 @@
 #include "common/check.h"
 #include "engine/model/model_runner.h"
 #include "engine/serving/logits_processing.h"
+#include "engine/serving/request_state.h"
+#include "engine/serving/request_validation.h"
 #include "engine/serving/scheduler.h"
 #include "engine/serving/sequence.h"
 #include "engine/serving/tenant_book.h"
@@ -24,60 +25,6 @@
 namespace kvserve::engine {
 
 using Clock = std::chrono::steady_clock;
-
-// Shared between the engine thread (producer of events) and the front end
-// (consumer, canceller).
-class RequestState : public RequestHandle {
- public:
-  RequestState(GenerationRequest req, uint64_t arrival, std::function<void()> wake)
-      : request(std::move(req)),
-        arrival(arrival),
-        submitted(Clock::now()),
-        wake_(std::move(wake)),
-        open_choices_(request.n) {}
-
-  std::optional<StreamEvent> Next(absl::Duration timeout) override {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait_for(lock, absl::ToChronoNanoseconds(timeout),
-                 [&] { return !events_.empty() || open_choices_ == 0; });
-    if (events_.empty()) return std::nullopt;
-    StreamEvent e = std::move(events_.front());
-    events_.pop_front();
-    return e;
-  }
-
-  bool Done() const override {
-    std::lock_guard<std::mutex> lock(mu_);
-    return open_choices_ == 0 && events_.empty();
-  }
-
-  void Cancel() override {
-    cancelled.store(true);
-    wake_();
-  }
-
-  // Engine thread.
-  void Push(StreamEvent e) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (e.finish != FinishReason::kNone) --open_choices_;
-      events_.push_back(std::move(e));
-    }
-    cv_.notify_all();
-  }
-
-  const GenerationRequest request;
-  const uint64_t arrival;
-  const Clock::time_point submitted;
-  std::atomic<bool> cancelled{false};
-
- private:
-  std::function<void()> wake_;
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<StreamEvent> events_;  // guarded by mu_
-  int open_choices_;                // guarded by mu_
-};
 
 class EngineImpl {
  public:
@@ -100,60 +47,13 @@ class EngineImpl {
   ~EngineImpl() { Shutdown(); }
 
   absl::StatusOr<std::shared_ptr<RequestHandle>> Submit(GenerationRequest r) {
-    const model::ModelConfig& mc = runner_->config();
-    if (r.prompt.empty()) return absl::InvalidArgumentError("the prompt is empty");
-    if (r.max_tokens < 1) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("max_tokens must be >= 1, got ", r.max_tokens));
-    }
-    if (r.n < 1 || r.n > config_.max_n) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("n must be in 1..", config_.max_n, ", got ", r.n));
-    }
-    if (r.logprobs > config_.max_logprobs) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("logprobs must be at most ", config_.max_logprobs, ", got ", r.logprobs));
-    }
-    for (int32_t t : r.prompt) {
-      if (t < 0 || t >= mc.n_vocab) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("token id ", t, " is outside the vocabulary [0, ", mc.n_vocab, ")"));
-      }
+    if (absl::Status st = ValidateRequest(config_, runner_->config().n_vocab, max_context(),
+                                          kv_->pool().n_blocks(), &r);
+        !st.ok()) {
+      return st;
     }
     const int64_t total = static_cast<int64_t>(r.prompt.size()) + r.max_tokens;
-    if (total > max_context()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("This model's maximum context length is ", max_context(),
-                       " tokens. However, you requested ", total, " tokens (", r.prompt.size(),
-                       " in the prompt, ", r.max_tokens,
-                       " for the completion). Please reduce the prompt or max_tokens."));
-    }
-    const int blocks = static_cast<int>((total + config_.block_tokens - 1) / config_.block_tokens);
-    if (blocks > kv_->pool().n_blocks()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("the request needs ", blocks, " KV blocks (", total,
-                       " tokens) but the server's KV cache has ", kv_->pool().n_blocks(),
-                       "; reduce the prompt or max_tokens"));
-    }
-    if (r.kv_compression) {
-      // A front end may give only one half of the spec; the rest is the
-      // server default's.
-      if (r.kv_compression->policy.empty())
-        r.kv_compression->policy = config_.kv_compression.policy;
-      if (r.kv_compression->ratio == 0) r.kv_compression->ratio = config_.kv_compression.ratio;
-      if (absl::Status st = kvcache::ValidateCompressionSpec(*r.kv_compression); !st.ok())
-        return st;
-    }
-    if (r.prefill_chunk_tokens < 0) {
-      return absl::InvalidArgumentError("prefill_chunk_tokens must be >= 0 (0: the scheduler's)");
-    }
-    const SamplingOptions& s = r.sampling;
-    if (s.temperature < 0 || s.top_p <= 0 || s.top_p > 1 || s.top_k < 0 || s.min_p < 0 ||
-        s.min_p > 1 || s.repetition_penalty <= 0) {
-      return absl::InvalidArgumentError(
-          "sampling: temperature >= 0, 0 < top_p <= 1, top_k >= 0, 0 <= min_p <= 1 and "
-          "repetition_penalty > 0 are required");
-    }
+    const int blocks = BlocksFor(total, config_.block_tokens);
     std::shared_ptr<RequestState> state;
     {
       std::lock_guard<std::mutex> lock(mu_);
