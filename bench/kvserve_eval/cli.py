@@ -26,7 +26,7 @@ import os
 import shlex
 import sys
 
-from . import registry, report, sweep, util
+from . import plots, registry, report, sweep, tables, util
 from .server import ServerLauncher
 
 
@@ -181,9 +181,17 @@ def main(argv=None):
     _add_server_args(p_sweep)
     p_report = sub.add_parser("report", help="rewrite the CSVs of a sweep directory")
     p_report.add_argument("--out-dir", required=True)
+    sub.add_parser("tables", help="markdown tables of a sweep (see kvserve-eval tables --help)",
+                   add_help=False)
+    sub.add_parser("plot", help="PNG figures of a sweep (see kvserve-eval plot --help)",
+                   add_help=False)
 
     if argv and argv[0] == "run":
         command, handler = "run", lambda: _cmd_run(argv[1:])
+    elif argv and argv[0] == "tables":
+        command, handler = "tables", lambda: tables.main(argv[1:])
+    elif argv and argv[0] == "plot":
+        command, handler = "plot", lambda: plots.main(argv[1:])
     else:
         args = parser.parse_args(argv)
         command = args.command
