@@ -2,10 +2,12 @@
 
 - deploy/prometheus: `promtool check config`, `promtool check rules` and the promtool
   rule unit tests pass; every alert has a unit test in which it fires and one in which
-  it must stay quiet; at least two recording rules have unit tests.
+  it must stay quiet; at least two recording rules, and every per-tenant one, have
+  unit tests.
 - deploy/grafana/kvserve.json: parses, imports anywhere (data source and tenant
   variables, no `__inputs`), every panel has queries, the queries are valid PromQL and
-  use the template variables in ways that survive "All" and multi-select.
+  use the template variables in ways that survive "All" and multi-select; the Tenants
+  row reads the per-tenant series and filters them by the tenant variable.
 - Everywhere: every kvserve_* metric a query names is documented in docs/metrics.md, so
   the dashboard and the rules cannot drift from what the server exports.
 
@@ -55,6 +57,10 @@ def promtool(*args, cwd=REPO):
 # --- docs/metrics.md -------------------------------------------------------
 
 
+# A metric in backticks, bare or with its labels: `kvserve_x` or `kvserve_x{tenant, tier}`.
+DOC_NAME = r"`(kvserve_[a-z0-9_]+)(?:\{[^}`]*\})?`"
+
+
 def documented_metrics():
     """Returns (every `kvserve_*` name in backticks, the names documented as histograms)."""
     names, histograms = set(), set()
@@ -63,8 +69,8 @@ def documented_metrics():
         if line.startswith("#"):
             heading = line
             continue
-        names.update(re.findall(r"`(kvserve_[a-z0-9_]+)`", line))
-        row = re.match(r"\|\s*`(kvserve_[a-z0-9_]+)`\s*\|(.*)", line)
+        names.update(re.findall(DOC_NAME, line))
+        row = re.match(r"\|\s*" + DOC_NAME + r"[^|]*\|(.*)", line)
         if not row:
             continue
         cells = [c.strip() for c in row.group(2).split("|")]
@@ -89,6 +95,12 @@ def test_metrics_doc_parses_into_known_names():
     assert "kvserve_time_to_first_token_seconds" in histograms
     assert "kvserve_request_kv_compression_ratio" in histograms
     assert "kvserve_kv_cache_bytes" not in histograms
+    # The per-tenant table writes names with their labels.
+    assert {"kvserve_tenant_kv_bytes", "kvserve_tenant_requests_running",
+            "kvserve_tenant_requests_waiting", "kvserve_tenant_tokens_total"} <= documented
+    assert "kvserve_tenant_time_to_first_token_seconds" in histograms
+    assert "kvserve_tenant_request_queue_time_seconds" in histograms
+    assert "kvserve_tenant_kv_bytes" not in histograms
 
 
 def test_undocumented_rejects_unknown_and_non_histogram_suffixes():
@@ -143,7 +155,8 @@ def test_config_scrapes_kvserve_and_loads_both_rule_files():
 def test_every_alert_has_a_firing_and_a_quiet_unit_test():
     alerts = alert_names()
     assert {"KvserveDown", "KvservePoolNearlyFull", "KvservePreemptionStorm",
-            "KvserveHighErrorRate", "KvserveEngineStalled"} <= alerts
+            "KvserveHighErrorRate", "KvserveEngineStalled", "KvserveTenantNearKvBudget",
+            "KvserveTenantRejecting"} <= alerts
     text = "\n".join(p.read_text() for p in rule_test_files())
     # An alert_rule_test entry lists alertname, then exp_alerts: either [] (must not
     # fire) or a list of expected alerts.
@@ -161,6 +174,11 @@ def test_recording_rules_have_unit_tests():
     assert tested - recorded == set(), "tests for recording rules that do not exist"
     assert len(tested) >= 2
     assert {"kvserve:kv_saved_bytes", "kvserve:kv_compression_ratio"} <= tested
+    # Every per-tenant rule has a unit test.
+    tenant_records = {r for r in recorded if r.startswith("kvserve:tenant_")}
+    assert {"kvserve:tenant_kv_saved_ratio", "kvserve:tenant_prefix_cache_hit_ratio:rate5m",
+            "kvserve:tenant_kv_budget_usage_ratio"} <= tenant_records
+    assert tenant_records - tested == set(), "per-tenant rules without a unit test"
 
 
 def test_rule_files_name_only_documented_metrics_and_defined_records():
@@ -224,14 +242,51 @@ def test_dashboard_is_importable_as_is(dashboard):
             assert var["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
 
 
-def test_tenant_variable_survives_missing_labels(dashboard):
+def test_tenant_variable_lists_the_tenants_of_the_selected_instances(dashboard):
     tenant = variables(dashboard)["tenant"]
     assert tenant["type"] == "query"
-    assert variable_query(tenant) == "label_values(kvserve_requests_running, tenant)"
+    # The per-tenant series carry the label; each configured tenant has them.
+    assert variable_query(tenant) == (
+        'label_values(kvserve_tenant_kv_bytes{instance=~"$instance"}, tenant)')
     assert tenant["includeAll"] and tenant["multi"]
-    # All must become a regex that also matches series without a tenant label
-    # (kvserve has none until tenants land), not an alternation of known values.
+    # All is one regex rather than an alternation of every known tenant, which
+    # grows with the tenants file.
     assert tenant["allValue"] == ".*"
+
+
+def tenant_row_panels(dash):
+    """The panels below the "Tenants" row, up to the next row."""
+    panels, inside = [], False
+    for panel in dash["panels"]:
+        if panel["type"] == "row":
+            inside = panel["title"] == "Tenants"
+            panels.extend(panel.get("panels", []) if inside else [])
+        elif inside:
+            panels.append(panel)
+    return panels
+
+
+def test_tenant_row_reads_per_tenant_series_filtered_by_tenant(dashboard):
+    panels = tenant_row_panels(dashboard)
+    assert len(panels) >= 8, [p["title"] for p in panels]
+    for panel in panels:
+        for target in panel["targets"]:
+            expr = target["expr"]
+            names = set(METRIC_RE.findall(expr))
+            # Only the kvserve_tenant_* series have a tenant label: a server-wide
+            # metric filtered by tenant would show nothing.
+            assert names and all(n.startswith("kvserve_tenant_") for n in names), expr
+            # Every selector filters by the variable and the query keeps one
+            # line per tenant.
+            selectors = re.findall(r"kvserve_tenant_\w+\{([^}]*)\}", expr)
+            assert len(selectors) == len(METRIC_RE.findall(expr)), expr
+            for sel in selectors:
+                assert 'tenant=~"$tenant"' in sel and 'instance=~"$instance"' in sel, expr
+            assert re.search(r"by \((?:[\w, ]*\b)?tenant\b", expr), expr
+            assert "{{tenant}}" in target["legendFormat"], panel["title"]
+    by_title = {p["title"]: p for p in panels}
+    kv = by_title["KV bytes by tenant"]
+    assert kv["fieldConfig"]["defaults"]["custom"]["stacking"]["mode"] == "normal"
 
 
 def test_every_panel_has_queries_and_a_place(dashboard):
@@ -300,10 +355,24 @@ def test_dashboard_shows_what_the_issue_asks_for(dashboard):
     for q in ("0.5", "0.95", "0.99"):
         assert any(f"histogram_quantile({q}, " in e and "time_to_first_token" in e for e in exprs)
         assert any(f"histogram_quantile({q}, " in e and "time_per_output_token" in e for e in exprs)
-    assert any("by (tenant)" in e and 'tenant=~"$tenant"' in e and "kvserve_kv_cache_bytes" in e
-               for e in exprs)
-    assert any("by (tenant)" in e and 'tenant=~"$tenant"' in e and "saved_bytes" in e
-               for e in exprs)
+    # Per tenant: memory and savings, budget use, latency, outcomes, prefix-cache hits,
+    # preemptions.
+    assert {"kvserve_tenant_kv_bytes", "kvserve_tenant_kv_saved_bytes",
+            "kvserve_tenant_kv_uncompressed_bytes", "kvserve_tenant_kv_budget_bytes",
+            "kvserve_tenant_requests_total", "kvserve_tenant_tokens_total",
+            "kvserve_tenant_preemptions_total",
+            "kvserve_tenant_time_to_first_token_seconds_bucket",
+            "kvserve_tenant_request_queue_time_seconds_bucket"} - used == set()
+    for q in ("0.5", "0.95"):
+        assert any(f"histogram_quantile({q}, sum by (tenant, le)" in e
+                   and "kvserve_tenant_time_to_first_token_seconds_bucket" in e for e in exprs)
+    assert any("histogram_quantile(0.95, sum by (tenant, le)" in e
+               and "kvserve_tenant_request_queue_time_seconds_bucket" in e for e in exprs)
+    # Budget use divides by budgets that are set (> 0), and the hit ratio divides cached
+    # prompt tokens by all prompt tokens: kind="prompt" counts prefilled ones only.
+    assert any(re.search(r"kvserve_tenant_kv_bytes.*/\s*\(.*kvserve_tenant_kv_budget_bytes.*> 0\)",
+                         e) for e in exprs)
+    assert any('kind="cached"' in e and 'kind=~"prompt|cached"' in e for e in exprs)
     assert any("by (policy, le)" in e for e in exprs)
 
 
