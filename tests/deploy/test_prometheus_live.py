@@ -2,23 +2,32 @@
 
     ~/.cache/kvserve/venv/bin/python -m pytest -q tests/deploy/test_prometheus_live.py
 
-- A kvserve (64 MiB pool) and a Prometheus server run on loopback, on free ports.
-  Prometheus gets a copy of deploy/prometheus/prometheus.yml with the target replaced
-  by that kvserve, 1 s scrape and evaluation intervals, and the repository's
-  recording_rules.yml and alert_rules.yml by absolute path. While a streamed request
-  with attention-guided KV compression (1/4) and a plain request run, Prometheus's
-  HTTP API must show the target up, the kvserve series, a series from every recording
-  rule (the compression ones with savings seen), and every rule loaded with health ok.
+- A kvserve (64 MiB pool) and a Prometheus server run on loopback, on free ports, in two
+  variants, one after the other: "tenants" (a tenants file with acme, which has a KV
+  budget, beta and monitoring; every route but /health needs a key, /metrics included)
+  and "single-tenant" (no tenants file, no keys). Prometheus gets a copy of
+  deploy/prometheus/prometheus.yml with the target replaced by that kvserve, 1 s scrape
+  and evaluation intervals, the repository's recording_rules.yml and alert_rules.yml by
+  absolute path, and with tenants the `authorization` block the config describes: the
+  monitoring tenant's key in a `credentials_file`. While streamed requests with
+  attention-guided KV compression (1/4) and plain requests run (with tenants: acme's
+  compressed, beta's plain), Prometheus's HTTP API must show the target up, the kvserve
+  series, a series from every recording rule (the compression ones with savings seen;
+  with tenants the per-tenant ones too, acme's savings ratio and budget use above 0;
+  without, no per-tenant series at all), and every rule loaded with health ok.
 - Every `kvserve_*` name in a PromQL expression of deploy/grafana/kvserve.json and of
-  deploy/prometheus/*_rules.yml is a family a live /metrics really exports (after a
-  compressed and a plain request, so the per-policy series exist), or a histogram's
-  _bucket/_sum/_count, and has samples there. test_monitoring.py checks the same names
-  against docs/metrics.md; this is the check against the server itself.
+  deploy/prometheus/*_rules.yml is a family a live /metrics really exports, or a
+  histogram's _bucket/_sum/_count, and has samples there. The server runs with the
+  tenants file and both tenants send requests (a compressed and a plain one), so the
+  per-policy and per-tenant series and histograms exist; the scrape uses the monitoring
+  key. test_monitoring.py checks the same names against docs/metrics.md; this is the
+  check against the server itself.
 
 Skips when the prometheus binary (Debian's `prometheus` package), the kvserve binary
 (KVSERVE_BIN, default build/server/kvserve) or the model (KVSERVE_MODEL) is missing.
 No timing assertions: every wait is "within N seconds or fail".
 """
+import hashlib
 import importlib.util
 import json
 import re
@@ -130,19 +139,57 @@ def _path_or_skip(request, fixture_name):
         pytest.skip(f"{fixture_name}: {e.msg}")
 
 
-@pytest.fixture(scope="module")
-def kvserve(request):
+# The tenants of the "tenants" variant. acme sends the compressed load and has a KV
+# budget, so the budget-use rule has a series; beta sends plain requests and has no
+# budget; monitoring sends nothing: Prometheus scrapes with its key, as docs/deploy.md
+# advises (a tenant kept for monitoring).
+TENANT_KEYS = {"acme": "acme-live-key-1", "beta": "beta-live-key-1",
+               "monitoring": "monitoring-live-key-1"}
+ACME_KV_BUDGET = 32 * 1024 * 1024
+VARIANTS = ["tenants", "single-tenant"]
+
+
+def hashed_key(key):
+    """The tenants file's form of a key, as `kvserve hash-key` prints it."""
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def tenants_file(path):
+    tenants = [{"id": "acme", "api_keys": [hashed_key(TENANT_KEYS["acme"])],
+                "kv_budget_bytes": ACME_KV_BUDGET},
+               {"id": "beta", "api_keys": [hashed_key(TENANT_KEYS["beta"])]},
+               {"id": "monitoring", "api_keys": [hashed_key(TENANT_KEYS["monitoring"])]}]
+    path.write_text(json.dumps({"tenants": tenants}))
+    return path
+
+
+@pytest.fixture(scope="module", params=VARIANTS)
+def kvserve(request, tmp_path_factory):
+    """The server of one variant. Its client() and metric() use acme's key with tenants;
+    `metrics_key` is the key Prometheus scrapes with (None: no key needed)."""
     binary = _path_or_skip(request, "kvserve_bin")
     model = _path_or_skip(request, "model_path")
-    return start_server(request, binary, model, "--kv-cache-bytes", "64MiB")
+    if request.param == "single-tenant":
+        srv = start_server(request, binary, model, "--kv-cache-bytes", "64MiB")
+        srv.tenants, srv.metrics_key = False, None
+        return srv
+    path = tenants_file(tmp_path_factory.mktemp("tenants") / "tenants.json")
+    srv = start_server(request, binary, model, "--tenants", str(path), "--kv-cache-bytes",
+                       "64MiB", api_key=TENANT_KEYS["acme"])
+    srv.tenants, srv.metrics_key = True, TENANT_KEYS["monitoring"]
+    return srv
 
 
 class Prometheus:
-    """Debian's prometheus on 127.0.0.1, scraping one kvserve with the repo's rules."""
+    """Debian's prometheus on 127.0.0.1, scraping one kvserve with the repo's rules.
 
-    def __init__(self, workdir, kvserve_address):
+    metrics_key: the API key to scrape with (None: none), given to Prometheus in a file
+    only it reads, through the `authorization` block that prometheus.yml describes."""
+
+    def __init__(self, workdir, kvserve_address, metrics_key=None):
         self.workdir = Path(workdir)
         self.kvserve_address = kvserve_address
+        self.metrics_key = metrics_key
         self.port = None
         self.proc = None
         self.log_path = self.workdir / "prometheus.log"
@@ -166,6 +213,11 @@ class Prometheus:
             if key in job:
                 job[key] = "1s"
         job["static_configs"] = [{"targets": [self.kvserve_address]}]
+        if self.metrics_key is not None:
+            key_file = self.workdir / "kvserve-metrics.key"
+            key_file.write_text(self.metrics_key)
+            key_file.chmod(0o600)
+            job["authorization"] = {"type": "Bearer", "credentials_file": str(key_file)}
         path = self.workdir / "prometheus.yml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         return path
@@ -246,7 +298,7 @@ class Prometheus:
 @pytest.fixture(scope="module")
 def prometheus(request, kvserve):
     workdir = tempfile.mkdtemp(prefix="kvserve-prometheus-")
-    prom = Prometheus(workdir, f"127.0.0.1:{kvserve.port}")
+    prom = Prometheus(workdir, f"127.0.0.1:{kvserve.port}", kvserve.metrics_key)
 
     def cleanup():
         prom.stop()
@@ -262,6 +314,10 @@ def prometheus(request, kvserve):
 def recorded_names():
     groups = yaml.safe_load(RECORDING_RULES.read_text())["groups"]
     return [r["record"] for g in groups for r in g["rules"] if "record" in r]
+
+
+def is_tenant_record(name):
+    return name.startswith("kvserve:tenant_")
 
 
 def alert_names():
@@ -289,11 +345,21 @@ def stream_compressed(kvserve, max_tokens, on_chunk=None):
     return usage
 
 
-def plain_request(kvserve):
-    done = kvserve.client().completions.create(
+def plain_request(kvserve, api_key=None):
+    """One short uncompressed completion, with `api_key` (default: the server's own)."""
+    client = kvserve.client(api_key=api_key) if api_key else kvserve.client()
+    done = client.completions.create(
         model=MODEL_NAME, prompt="The capital of France is", max_tokens=8, temperature=0,
         extra_body={"ignore_eos": True})
     assert done.usage.completion_tokens == 8
+
+
+def scrape_as_prometheus(kvserve):
+    """/metrics with the key Prometheus uses (none in single-tenant mode)."""
+    headers = {"Authorization": f"Bearer {kvserve.metrics_key}"} if kvserve.metrics_key else {}
+    r = requests.get(kvserve.url("/metrics"), headers=headers, timeout=10)
+    assert r.status_code == 200, (r.status_code, r.text[:500])
+    return r.text
 
 
 def scalar_values(result):
@@ -305,6 +371,13 @@ def scalar_values(result):
 
 @needs_prometheus
 def test_prometheus_scrapes_kvserve_and_evaluates_the_rules(kvserve, prometheus):
+    if kvserve.tenants:
+        # The target can only be up because Prometheus sends the monitoring key.
+        r = requests.get(kvserve.url("/metrics"), timeout=10)
+        assert r.status_code == 401, (r.status_code, r.text[:300])
+        # beta's first request: its counters rise again after the load, so its rates
+        # have something to count.
+        plain_request(kvserve, TENANT_KEYS["beta"])
     prometheus.wait_for('up{job="kvserve"} == 1')
 
     # Load: streamed compressed requests, each run to its end (so the per-policy
@@ -314,6 +387,9 @@ def test_prometheus_scrapes_kvserve_and_evaluates_the_rules(kvserve, prometheus)
     # only counts what it gains after its first scrape. Prometheus is asked between
     # chunks, so a fast machine or a slow one both stop as soon as all was seen.
     seen = {"saved": False, "running": False, "per-policy rate": False}
+    if kvserve.tenants:
+        # The load is acme's: its per-tenant savings ratio (a recording rule) shows it.
+        seen["acme saved ratio"] = False
     last_ask = [0.0]
 
     def ask_prometheus():
@@ -326,6 +402,9 @@ def test_prometheus_scrapes_kvserve_and_evaluates_the_rules(kvserve, prometheus)
             prometheus.query("max_over_time(kvserve_requests_running[5m]) >= 1"))
         seen["per-policy rate"] = seen["per-policy rate"] or bool(prometheus.query(
             'rate(kvserve_request_kv_saved_bytes_total{policy="attention-guided"}[5m]) > 0'))
+        if "acme saved ratio" in seen:
+            seen["acme saved ratio"] = seen["acme saved ratio"] or bool(prometheus.query(
+                'max_over_time(kvserve:tenant_kv_saved_ratio{tenant="acme"}[5m]) > 0'))
 
     deadline = time.monotonic() + LOAD_TIMEOUT_S
     rounds = 0
@@ -340,6 +419,8 @@ def test_prometheus_scrapes_kvserve_and_evaluates_the_rules(kvserve, prometheus)
             pytest.fail(f"after {rounds} compressed requests in {LOAD_TIMEOUT_S}s Prometheus "
                         f"has not seen {[k for k, v in seen.items() if not v]}")
     plain_request(kvserve)
+    if kvserve.tenants:
+        plain_request(kvserve, TENANT_KEYS["beta"])
 
     # The kvserve series, with values that agree with the server's own /metrics.
     capacity = kvserve.metric("kvserve_kv_cache_capacity_bytes")
@@ -358,10 +439,21 @@ def test_prometheus_scrapes_kvserve_and_evaluates_the_rules(kvserve, prometheus)
     prometheus.wait_for(f'kvserve_generation_tokens_total{{job="kvserve"}} >= {generated}')
     prometheus.wait_for('kvserve_http_requests_total{job="kvserve",route="/metrics"}')
 
-    # Every recording rule produced a series; the compression ones showed savings.
+    if kvserve.tenants:
+        check_tenant_series(kvserve, prometheus, rounds)
+    else:
+        # No tenants file, no per-tenant series, so no per-tenant rule has a result.
+        assert prometheus.query('count({__name__=~"kvserve_tenant_.*"})') == []
+        for record in filter(is_tenant_record, recorded_names()):
+            assert prometheus.query(f"count_over_time({record}[10m])") == [], record
+
+    # Every recording rule produced a series (the per-tenant ones only with tenants);
+    # the compression ones showed savings.
     missing = []
     deadline = time.monotonic() + QUERY_TIMEOUT_S
     for record in recorded_names():
+        if is_tenant_record(record) and not kvserve.tenants:
+            continue
         while not prometheus.query(f"count_over_time({record}[10m])"):
             if time.monotonic() > deadline:
                 missing.append(record)
@@ -390,6 +482,48 @@ def test_prometheus_scrapes_kvserve_and_evaluates_the_rules(kvserve, prometheus)
                         f"records {sorted(want_records - set(records))}, unhealthy {bad}")
         time.sleep(0.5)
     assert kvserve.alive(), kvserve.log_tail()
+
+
+def check_tenant_series(kvserve, prometheus, rounds):
+    """The per-tenant series and recording rules in Prometheus after acme's `rounds`
+    compressed requests and plain request, and beta's two plain requests."""
+    # One series per tenant of the file: what the dashboard's tenant variable lists.
+    got = prometheus.wait_for('group by (tenant) (kvserve_tenant_kv_budget_bytes{job="kvserve"})',
+                              ok=lambda r: len(r) == 3)
+    assert {s["metric"]["tenant"] for s in got} == set(TENANT_KEYS), got
+    budgets = prometheus.query('kvserve_tenant_kv_budget_bytes{job="kvserve"}')
+    assert {s["metric"]["tenant"]: float(s["value"][1]) for s in budgets} == {
+        "acme": ACME_KV_BUDGET, "beta": 0, "monitoring": 0}, budgets
+
+    # Each request was charged to its key's tenant, and Prometheus has the server's counts.
+    acme_generated = kvserve.metric("kvserve_tenant_tokens_total", tenant="acme",
+                                    kind="generation")
+    assert acme_generated >= rounds * 48 + 8
+    prometheus.wait_for(f'kvserve_tenant_tokens_total{{tenant="acme", kind="generation"}} '
+                        f'>= {acme_generated}')
+    prometheus.wait_for('kvserve_tenant_tokens_total{tenant="beta", kind="generation"} == 16')
+    prometheus.wait_for('kvserve_tenant_requests_total{tenant="beta", outcome="finished"} == 2')
+    prometheus.wait_for('kvserve_tenant_tokens_total{tenant="monitoring"} == 0',
+                        ok=lambda r: len(r) == 3)
+
+    # The per-tenant recording rules, with the values this load must give: acme's cache
+    # was compressed (savings ratio above 0) and held part of its budget; only acme has
+    # a budget; nobody had prefix-cache hits (the cache is off), so the hit ratio is 0
+    # for both tenants with prompt traffic and absent for monitoring, which has none.
+    prometheus.wait_for('max_over_time(kvserve:tenant_kv_saved_ratio{tenant="acme"}[5m]) > 0')
+    prometheus.wait_for('max_over_time(kvserve:tenant_kv_budget_usage_ratio{tenant="acme"}[5m])'
+                        ' > 0')
+    assert prometheus.query('count_over_time(kvserve:tenant_kv_budget_usage_ratio'
+                            '{tenant!="acme"}[10m])') == []
+    hits = prometheus.wait_for('kvserve:tenant_prefix_cache_hit_ratio:rate5m',
+                               ok=lambda r: len(r) == 2)
+    assert {s["metric"]["tenant"]: float(s["value"][1]) for s in hits} == {"acme": 0, "beta": 0}
+    prometheus.wait_for('kvserve:tenant_requests:rate5m{tenant="acme", outcome="finished"} > 0')
+    prometheus.wait_for('kvserve:tenant_requests:rate5m{tenant="beta", outcome="finished"} > 0')
+    prometheus.wait_for('kvserve:tenant_generation_tokens:rate5m{tenant="acme"} > 0')
+    # TTFT p95 of acme's requests: a real number of seconds, not NaN.
+    prometheus.wait_for('max_over_time(kvserve:tenant_ttft_seconds:p95_5m{tenant="acme"}[5m])'
+                        ' > 0')
 
 
 # --- 2. the dashboard and rules name only what kvserve exports -----------------
@@ -449,14 +583,20 @@ def exported_names(metrics_text):
     return allowed, sampled
 
 
+@pytest.mark.parametrize("kvserve", ["tenants"], indirect=True)
 def test_dashboard_and_rules_name_only_exported_metrics(kvserve):
-    # A compressed and a plain request, so the per-policy series exist.
+    # With the tenants file: acme's compressed request and beta's plain one, so the
+    # per-policy series and both tenants' series and histograms exist.
     usage = stream_compressed(kvserve, max_tokens=4)
     assert usage is not None and usage.prompt_tokens >= 500, usage
-    plain_request(kvserve)
-    text = kvserve.metrics_text()
+    plain_request(kvserve, TENANT_KEYS["beta"])
+    text = scrape_as_prometheus(kvserve)
     assert re.search(r'^kvserve_request_kv_compression_ratio_count\{[^}]*'
                      r'policy="attention-guided"', text, re.M), "no per-policy series"
+    for tenant in ("acme", "beta"):
+        assert re.search(r'^kvserve_tenant_time_to_first_token_seconds_count\{[^}]*'
+                         rf'tenant="{tenant}"[^}}]*\}} [1-9]', text, re.M), (
+                             f"no first token observed for {tenant}")
     allowed, sampled = exported_names(text)
     assert "kvserve_kv_cache_capacity_bytes" in allowed, text[:2000]
 
