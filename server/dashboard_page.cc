@@ -41,6 +41,9 @@ constexpr char kPage[] = R"html(<!doctype html>
   table { border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nums; }
   th, td { padding: 2px 8px; border-bottom: 1px solid #eee; text-align: right; }
   th:first-child, td:first-child { text-align: left; }
+  .wide { grid-column: 1 / -1; overflow-x: auto; }
+  .wide th, .wide td { white-space: nowrap; }
+  [hidden] { display: none !important; }  /* over .grid's display */
 </style>
 </head>
 <body class="@BODY_CLASS@">
@@ -64,9 +67,17 @@ constexpr char kPage[] = R"html(<!doctype html>
   <section class="chart-card"><h2>Requests</h2>
     <div class="chart"><canvas id="chart-requests"></canvas></div></section>
 </div>
+<div class="grid" id="tenant-charts" hidden>
+  <section class="chart-card"><h2>KV cache bytes by tenant (stacked)</h2>
+    <div class="chart"><canvas id="chart-tenant-kv"></canvas></div></section>
+  <section class="chart-card"><h2>Memory saved by tenant (stacked)</h2>
+    <div class="chart"><canvas id="chart-tenant-saved"></canvas></div></section>
+  <section class="chart-card"><h2>Generation tokens/s by tenant</h2>
+    <div class="chart"><canvas id="chart-tenant-tokens"></canvas></div></section>
+</div>
 <div class="grid">
+  <section class="wide"><h2>Tenants</h2><div id="tenants"></div></section>
   <section><h2>Now</h2><table><tbody id="now"></tbody></table></section>
-  <section><h2>Tenants</h2><div id="tenants"></div></section>
 </div>
 @CHART_SCRIPT@
 <script>
@@ -75,6 +86,8 @@ const POLL_MS = 2000;
 const WINDOW = 150;  // points kept: five minutes
 const TIERS = ["f16", "int8", "int4", "int2"];  // evicted units hold no bytes
 const TIER_COLORS = { f16: "#4e79a7", int8: "#59a14f", int4: "#edc948", int2: "#f28e2b" };
+const TENANT_COLORS = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948",
+                       "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"];
 const $ = (id) => document.getElementById(id);
 
 function fmtBytes(n) {
@@ -140,15 +153,82 @@ const requestsChart = makeChart("chart-requests", [
   { label: "waiting", borderColor: "#e15759", stepped: true },
 ], { y: { beginAtZero: true, ticks: { precision: 0 } } }, {});
 
-function pushPoint(chart, label, values) {
-  if (!chart) return;
-  chart.data.labels.push(label);
-  chart.data.datasets.forEach((d, i) => d.data.push(values[i]));
+function trimAndDraw(chart) {
   if (chart.data.labels.length > WINDOW) {
     chart.data.labels.shift();
     chart.data.datasets.forEach((d) => d.data.shift());
   }
   chart.update("none");
+}
+
+function pushPoint(chart, label, values) {
+  if (!chart) return;
+  chart.data.labels.push(label);
+  chart.data.datasets.forEach((d, i) => d.data.push(values[i]));
+  trimAndDraw(chart);
+}
+
+// --- per-tenant charts --------------------------------------------------------
+// Made on the first poll that lists tenants (a server without a tenants file
+// never shows them). One dataset per tenant id, added when the tenant first
+// appears (earlier points null); a tenant a reload removed gets nulls from then on.
+// A tenant keeps its color on every chart: colors go by order of appearance.
+const tenantColor = new Map();
+function colorOf(id) {
+  if (!tenantColor.has(id)) tenantColor.set(id, TENANT_COLORS[tenantColor.size % TENANT_COLORS.length]);
+  return tenantColor.get(id);
+}
+
+let tenantCharts = null;
+function makeTenantCharts() {
+  $("tenant-charts").hidden = false;
+  const stackedBytes = { y: Object.assign({ stacked: true }, bytesAxis) };
+  tenantCharts = {
+    kv: makeChart("chart-tenant-kv", [], stackedBytes, { y: fmtBytes }),
+    saved: makeChart("chart-tenant-saved", [], stackedBytes, { y: fmtBytes }),
+    tokens: makeChart("chart-tenant-tokens", [], { y: { beginAtZero: true } },
+                      { y: (v) => fmtNum(v, 1) }),
+  };
+}
+
+// values: Map of tenant id to a number or null.
+function pushTenantPoint(chart, label, values) {
+  if (!chart) return;
+  const stacked = chart.options.scales.y.stacked === true;  // areas, each on the one before
+  for (const id of values.keys()) {
+    if (chart.data.datasets.some((d) => d.label === id)) continue;
+    const color = colorOf(id);
+    chart.data.datasets.push({
+      label: id, borderColor: color, backgroundColor: color + "55", pointRadius: 0,
+      borderWidth: 2, data: chart.data.labels.map(() => null),
+      fill: stacked ? (chart.data.datasets.length === 0 ? "origin" : "-1") : false,
+    });
+  }
+  chart.data.labels.push(label);
+  chart.data.datasets.forEach((d) => d.data.push(values.has(d.label) ? values.get(d.label) : null));
+  trimAndDraw(chart);
+}
+
+function drawTenants(label, s, prevStats) {
+  const tenants = s.tenants || [];
+  if (tenantCharts === null) {
+    if (tenants.length === 0) return;
+    makeTenantCharts();
+  }
+  // Generation rate from the counters' deltas, as for the server-wide chart.
+  const before = new Map(((prevStats && prevStats.tenants) || []).map((t) => [t.tenant, t]));
+  const dt = prevStats ? s.timestamp - prevStats.timestamp : 0;
+  const kv = new Map(), saved = new Map(), tokens = new Map();
+  for (const t of tenants) {
+    kv.set(t.tenant, t.kv_bytes);
+    saved.set(t.tenant, t.kv_saved_bytes);
+    const b = before.get(t.tenant);
+    tokens.set(t.tenant, b && dt > 0 && t.generation_tokens >= b.generation_tokens ?
+        (t.generation_tokens - b.generation_tokens) / dt : null);
+  }
+  pushTenantPoint(tenantCharts.kv, label, kv);
+  pushTenantPoint(tenantCharts.saved, label, saved);
+  pushTenantPoint(tenantCharts.tokens, label, tokens);
 }
 
 // --- tables ---------------------------------------------------------------
@@ -197,15 +277,24 @@ function renderTenants(tenants) {
   if (!tenants || tenants.length === 0) {
     const p = document.createElement("p");
     p.className = "muted";
-    p.textContent = "No tenants: this server does not report per-tenant use yet.";
+    p.textContent = "No tenants: this server runs without a tenants file (--tenants), " +
+                    "so all use is the server's own (above).";
     box.replaceChildren(p);
     return;
   }
-  const cols = [];
+  const cols = ["tenant"];  // the id first, then every other field
   for (const row of tenants) for (const k of Object.keys(row)) if (!cols.includes(k)) cols.push(k);
   const cell = (tag, text) => { const e = document.createElement(tag); e.textContent = text; return e; };
-  const show = (k, v) => (typeof v === "number" ?
-      (k.endsWith("bytes") ? fmtBytes(v) : fmtNum(v, 3)) : v === undefined ? "-" : String(v));
+  const show = (k, v) => {
+    if (typeof v === "number") return k.includes("bytes") ? fmtBytes(v) : fmtNum(v, 3);
+    if (v === undefined || v === null) return "-";
+    // kv_bytes_by_tier: the tiers that hold something, "0 B" when none does.
+    if (typeof v === "object") {
+      const parts = Object.entries(v).filter(([, x]) => x).map(([n, x]) => n + " " + show(k, x));
+      return parts.length ? parts.join(", ") : show(k, 0);
+    }
+    return String(v);
+  };
   const table = document.createElement("table");
   const head = document.createElement("tr");
   cols.forEach((k) => head.appendChild(cell("th", k)));
@@ -237,6 +326,7 @@ async function poll() {
     if (!r.ok) throw new Error("HTTP " + r.status);
     const s = await r.json();
     // Rates from the counters' deltas; none across a restart (counters fell).
+    const prevStats = prev;
     let rate = null;
     const dt = prev ? s.timestamp - prev.timestamp : 0;
     if (dt > 0 && s.totals.prompt_tokens >= prev.totals.prompt_tokens) {
@@ -250,6 +340,7 @@ async function poll() {
     pushPoint(tierChart, label, TIERS.map((t) => kv.bytes_by_tier[t]).concat([kv.uncompressed_bytes]));
     pushPoint(throughputChart, label, rate ? [rate.prompt, rate.generation] : [null, null]);
     pushPoint(requestsChart, label, [s.requests.running, s.requests.waiting]);
+    drawTenants(label, s, prevStats);
     renderNow(s, rate);
     renderTenants(s.tenants);
     $("model").textContent = s.model;

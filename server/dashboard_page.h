@@ -1,7 +1,10 @@
 // The built-in dashboard (GET /dashboard): one HTML page, embedded in the
 // binary, that polls GET /v1/stats every 2 s and draws live charts of the
 // memory compression saves, KV bytes by tier, throughput and requests, plus
-// tables of the current numbers and of the tenants. It loads nothing from
+// tables of the current numbers and of the tenants. With a tenants file it
+// also charts each tenant's KV bytes, saved bytes and generation rate
+// (stacked per tenant); without one those charts stay hidden and the tenant
+// table says there are no tenants. It loads nothing from
 // the internet: its charts use Chart.js from Debian's libjs-chart.js, which
 // the server reads once at start-up and serves itself at kChartJsRoute.
 // Without that file the page still works and shows the tables with a note

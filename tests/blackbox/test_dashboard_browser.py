@@ -1,7 +1,8 @@
 """The built-in dashboard in a real browser: headless Chromium (Debian's `chromium`) opens
 GET /dashboard on a server that streams compressed requests, waits until the page's Chart.js
-charts have several points from /v1/stats, checks they show memory saved by KV compression,
-and saves a screenshot (also copied to build/dashboard-screenshot.png for people to look at).
+charts have several points from /v1/stats, checks they show memory saved by KV compression
+(and, without a tenants file, no per-tenant charts but a "No tenants" note), and saves a
+screenshot (also copied to build/dashboard-screenshot.png for people to look at).
 
 The browser is driven through the DevTools protocol over --remote-debugging-pipe (JSON
 messages ended by NUL on file descriptors 3 and 4), so the test needs only the standard
@@ -64,6 +65,11 @@ PROBE_JS = """(() => {
     error: document.getElementById("error").textContent,
     title: document.title,
     charts: charts,
+    tenant_charts_shown: getComputedStyle(document.getElementById("tenant-charts")).display !==
+        "none",
+    tenant_chart_made: typeof Chart !== "undefined" &&
+        Chart.getChart("chart-tenant-kv") !== undefined,
+    tenants: document.getElementById("tenants").textContent,
     rows: rows,
     dom: document.documentElement.outerHTML,
   };
@@ -345,6 +351,11 @@ def test_dashboard_in_chromium_shows_savings_under_load(chromium, server, tmp_pa
     assert rows["Saved by compression"] not in ("0 B", ""), rows
     assert 0 < float(rows["Compression ratio (stored / f16)"]) < 1, rows
     assert rows["Saved by compression"] in dom
+
+    # Single-tenant mode: no per-tenant charts, and the tenant table says why.
+    assert state["tenant_charts_shown"] is False
+    assert state["tenant_chart_made"] is False
+    assert state["tenants"].startswith("No tenants"), state["tenants"]
 
     # The screenshot is a real render of the page, not an empty image.
     assert png_size(png) == (WIDTH, HEIGHT)
