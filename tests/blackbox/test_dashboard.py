@@ -47,6 +47,11 @@ def test_dashboard_page_is_offline_and_uses_the_local_chart_js(server):
     assert r.headers["content-type"].startswith("text/html")
     page = r.text
     assert "<canvas" in page and "/v1/stats" in page
+    # The per-tenant charts are in every page; the script shows them once /v1/stats lists
+    # tenants (test_tenants_dashboard_browser.py), and keeps them hidden without.
+    for chart_id in ("chart-tenant-kv", "chart-tenant-saved", "chart-tenant-tokens"):
+        assert f'<canvas id="{chart_id}">' in page
+    assert re.search(r'<div class="grid" id="tenant-charts" hidden>', page)
     assert re.findall(r"https?://", page) == [], "the page must not load anything remote"
     if debian_chart_js() is not None:
         assert '<script src="/dashboard/chart.js' in page
