@@ -109,7 +109,19 @@ class EngineImpl {
 
   EngineStats Stats() const {
     std::lock_guard<std::mutex> lock(mu_);
-    return stats_;
+    EngineStats st = stats_;
+    // Submit's counters move without an engine step (a rejection does not
+    // wake the engine), so they are read live rather than from the last
+    // step's snapshot.
+    st.requests_submitted = submitted_;
+    st.requests_rejected = rejected_;
+    for (TenantStats& t : st.tenants) {
+      if (auto it = submit_counts_.find(t.id); it != submit_counts_.end()) {
+        t.requests_submitted = it->second.submitted;
+        t.requests_rejected = it->second.rejected;
+      }
+    }
+    return st;
   }
 
   absl::Status SetTenants(std::vector<TenantLimits> tenants) {
@@ -195,7 +207,9 @@ class EngineImpl {
       {
         std::unique_lock<std::mutex> lock(mu_);
         if (running_.empty() && waiting_.empty()) {
-          cv_.wait(lock, [&] { return stopping_ || !inbox_.empty(); });
+          // A new tenant table wakes it too, so Stats() lists the tenants
+          // without waiting for a request.
+          cv_.wait(lock, [&] { return stopping_ || !inbox_.empty() || tenants_changed_; });
         }
         if (stopping_) break;
         incoming.swap(inbox_);

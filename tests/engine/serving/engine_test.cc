@@ -197,6 +197,28 @@ TEST_F(EngineTest, SetTenantsValidates) {
   EXPECT_TRUE(e->SetTenants({{"a"}, {"b"}}).ok());
 }
 
+TEST_F(EngineTest, IdleEngineReportsNewTenantsAndRejectionsAtOnce) {
+  auto e = MakeEngine({});
+  TenantLimits a{"a"};
+  a.max_queued = 1;
+  a.kv_budget_bytes = 1;  // nothing fits: every request is refused up front
+  ASSERT_TRUE(e->SetTenants({a}).ok());
+  // The table shows up without any request waking the engine.
+  bool listed = false;
+  for (int i = 0; i < 2000 && !listed; ++i) {
+    listed = FindTenant(e->Stats(), "a") != nullptr;
+    if (!listed) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_TRUE(listed);
+  GenerationRequest r = Greedy(Prompt(20, 0), 4);
+  r.tenant = "a";
+  EXPECT_FALSE(e->Submit(r).ok());
+  // Read right away, with the engine idle: no step has run since.
+  const EngineStats st = e->Stats();
+  EXPECT_EQ(st.requests_rejected, 1);
+  EXPECT_EQ(FindTenant(st, "a")->requests_rejected, 1);
+}
+
 TEST_F(EngineTest, TenantBudgetHoldsUnderLoadAndTouchesNoOtherTenant) {
   const auto& mc = model_->config();
   const int64_t block_bytes = static_cast<int64_t>(
