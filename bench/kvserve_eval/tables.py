@@ -56,7 +56,7 @@ def _fmt(value, digits=3):
 def _with_ci(row, digits=3):
     lo, hi = _num(row.get("ci_low")), _num(row.get("ci_high"))
     main = _fmt(row.get("value"), digits)
-    if lo is None or hi is None:
+    if lo is None or hi is None or _num(row.get("n")) == 1:  # one item: no interval
         return main
     return f"{main} [{_fmt(lo, digits)}, {_fmt(hi, digits)}]"
 
