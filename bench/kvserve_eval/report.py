@@ -16,8 +16,8 @@ significance.csv: the reference policy (attention-guided) against every other po
 at the same ratio and against none, per task and metric over setting "all", items
 paired by item_id (only pairs where both values are finite):
   task, metric, policy, ratio, baseline, baseline_ratio, n, mean, baseline_mean,
-  mean_diff (policy - baseline), p_bootstrap (paired bootstrap, two-sided; empty for a
-  single pair), p_mcnemar
+  mean_diff (policy - baseline), p_bootstrap (paired bootstrap, two-sided; empty below
+  MIN_BOOTSTRAP_PAIRS pairs), p_mcnemar
   (exact McNemar when every value is 0 or 1, else empty), direction
   ("lower_is_better" / "higher_is_better" from base.LOWER_IS_BETTER), better (the policy
   with the better mean, "tie" when equal).
@@ -133,6 +133,10 @@ def _is_binary(values):
     return all(v in (0.0, 1.0) for v in values)
 
 
+# Fewest paired items for which the paired bootstrap's p-value is reported.
+MIN_BOOTSTRAP_PAIRS = 8
+
+
 def significance(records, reference=REFERENCE_POLICY, seed=0, n_resamples=10000):
     """significance.csv rows: `reference` at each ratio against every other policy at
     that ratio and against none, per task and metric, paired by item_id."""
@@ -167,10 +171,12 @@ def significance(records, reference=REFERENCE_POLICY, seed=0, n_resamples=10000)
                 "task": task, "metric": metric, "policy": policy, "ratio": ratio,
                 "baseline": base_policy, "baseline_ratio": base_ratio, "n": len(common),
                 "mean": _mean(a), "baseline_mean": _mean(b), "mean_diff": diff,
-                # One pair carries no spread: the bootstrap would call any difference
-                # certain (p = 1 / (1 + n_resamples)), so no p-value is given.
+                # A handful of pairs carries too little spread: with every pair on
+                # the same side, the bootstrap calls any difference certain (p = 1 /
+                # (1 + n_resamples)) where an exact sign test could not go below
+                # 2 / 2^n. Below MIN_BOOTSTRAP_PAIRS no p-value is given.
                 "p_bootstrap": (metrics.paired_bootstrap_test(a, b, n_resamples, seed)
-                                if len(common) >= 2 else None),
+                                if len(common) >= MIN_BOOTSTRAP_PAIRS else None),
                 "p_mcnemar": (metrics.mcnemar_exact(a, b) if _is_binary(a + b) else None),
                 "direction": "lower_is_better" if lower else "higher_is_better",
                 "better": better})

@@ -192,6 +192,9 @@ def test_significance_direction_follows_lower_is_better():
     assert row["direction"] == "lower_is_better" and row["better"] == "attention-guided"
     assert row["p_mcnemar"] is None  # not 0/1 values
     assert report.significance(records, reference="snapkv")[0]["better"] == "attention-guided"
+    # Five pairs all on one side: the bootstrap would say p ~ 1e-4 where an exact sign test
+    # cannot go below 2 / 2^5; below MIN_BOOTSTRAP_PAIRS no p-value is given.
+    assert report.MIN_BOOTSTRAP_PAIRS > 5 and row["p_bootstrap"] is None
 
 
 # --- the sweep runner -------------------------------------------------------------------
