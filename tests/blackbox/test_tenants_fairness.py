@@ -23,7 +23,7 @@ import pytest
 import requests
 
 from server_util import MODEL_NAME, error_of, start_server
-from test_prefix_cache import book_passage, stats, tenant_row
+from test_prefix_cache import BLOCK_BYTES, book_passage, stats, tenant_row
 from test_tenants_auth import tenant, write_tenants
 
 KEYS = {"heavy": "heavy-fair-key", "light": "light-fair-key"}
@@ -235,3 +235,53 @@ def test_a_tenants_full_queue_is_429_while_another_tenant_is_served(request, kvs
         for t in threads:
             t.join(timeout=120)
     assert not errors, errors
+
+
+def test_a_tenant_waiting_for_kv_room_does_not_stall_the_others(request, kvserve_bin, model_path,
+                                                                 tenants_file):
+    """Under pool pressure the fair scheduler's first choice (the tenant served least) may
+    have to wait for KV room; the tenants that can run must still run. Here heavy prefills
+    a prompt that nearly fills a 40-block pool, a few tokens per step (its
+    kv_compression.prefill_chunk_tokens), and light arrives mid-way with a prompt whose
+    first chunk does not fit what is left: light waits, heavy finishes, then light runs."""
+    pool_blocks = 40
+    server = start_server(request, kvserve_bin, model_path, "--tenants", str(tenants_file),
+                          "--kv-cache-bytes", str(pool_blocks * BLOCK_BYTES),
+                          "--drain-timeout", "0", api_key=KEYS["light"])
+    out, errors = {}, []
+
+    def send(who, body):
+        try:
+            r = requests.post(server.url("/v1/completions"),
+                              headers={"Authorization": f"Bearer {KEYS[who]}"},
+                              json=dict(body, model=MODEL_NAME, temperature=0), timeout=60)
+            out[who] = r
+        except Exception as e:  # reported below
+            errors.append((who, repr(e)))
+
+    # ~610 tokens: 39 blocks of the 40, entering 2 tokens per step.
+    heavy = threading.Thread(name="heavy", target=send, args=("heavy", {
+        "prompt": book_passage(30000, 2600), "max_tokens": 2,
+        "kv_compression": {"policy": "none", "prefill_chunk_tokens": 2}}))
+    # ~520 tokens: a first chunk of ~32 blocks.
+    light = threading.Thread(name="light", target=send, args=("light", {
+        "prompt": book_passage(90000, 2000), "max_tokens": 2}))
+    heavy.start()
+    try:
+        # Light arrives once heavy holds more than the pool minus light's first chunk.
+        deadline = time.monotonic() + 60
+        while tenant_row(stats(server), "heavy")["kv_bytes"] < 12 * BLOCK_BYTES:
+            assert time.monotonic() < deadline and heavy.is_alive(), out
+            time.sleep(0.02)
+        light.start()
+        light.join(timeout=70)  # seconds on a stalled server; ~3 s on a healthy one
+        heavy.join(timeout=5)
+        s = stats(server)
+        stalled = {"alive": [t.name for t in (heavy, light) if t.is_alive()], "errors": errors,
+                   "requests": s["requests"], "blocks_used": s["kv_cache"]["blocks_used"],
+                   "steps": s["totals"]["steps"]}
+        assert not stalled["alive"] and not errors, stalled
+        assert out["heavy"].status_code == 200, out["heavy"].text
+        assert out["light"].status_code == 200, out["light"].text
+    finally:
+        assert server.stop() == 0  # ends whatever still hangs
