@@ -1,18 +1,20 @@
 """Fairness between tenants on the real server (issue #6): a tenant that floods the server
 must not push another tenant's time to first token far above what it is on an idle server.
 
-Tenants `heavy` (max_concurrent 4, max_queued 12) and `light`, both weight 1. Light's TTFT
+Tenants `heavy` (max_concurrent 4, max_queued 16) and `light`, both weight 1. Light's TTFT
 for a ~600-token prompt (streamed, median of 5) is measured on the idle server, then while
 heavy keeps 16 requests of ~1,000-token prompts in flight. The issue's target is 2x; the
-test asserts a generous 4x and prints the ratio. On the 2-core VM it measured 1.9 to 3.1
+test asserts a generous 4x and prints the ratio. On the 2-core VM it measured 1.9 to 3.2
 at the default --max-batch-tokens 512: the light prompt needs two 512-token steps, under
 the flood the second one is filled up with heavy's prefill, the request first waits for
 the step in progress (about 2.5 full steps against 1 full and 1 short one on the idle
-server), and the flood's clients share the two cores with the server. The same flood under `--scheduler fcfs`, which ignores tenants, is measured too:
-its ratio is reported, and the test asserts only that fair's is the lower one.
+server), and the flood's clients share the two cores with the server. The same flood
+under `--scheduler fcfs`, which ignores tenants, is measured too: its ratio (~25-40x) is
+reported, and the test asserts only that fair's is the lower one.
 
 Also: heavy's requests beyond max_concurrent + max_queued get 429 with Retry-After and a
-message naming the tenant, while light's still get 200.
+message naming the tenant, while light's still get 200; and under KV pool pressure a
+tenant that must wait for room does not stop the others' prefills.
 """
 import statistics
 import threading
