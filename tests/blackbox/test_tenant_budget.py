@@ -6,7 +6,8 @@ concurrent requests next to a tenant without a budget, on a pool large enough fo
 them, so only the budgets bind. /v1/stats, polled at every step, never shows a capped
 tenant above its budget; the unbudgeted tenant is never preempted and every request
 completes. A request that cannot fit its tenant's budget in f16 is a 400 naming the
-tenant and the budget (one that just fits is served). At idle every block is free.
+tenant and the budget (one that just fits is served). At idle every block is free, and
+a fresh server lists every tenant with its budget before any request.
 """
 import threading
 import time
