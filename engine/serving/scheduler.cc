@@ -6,6 +6,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/check.h"
 
 namespace kvserve::engine {
 namespace {
@@ -69,7 +70,13 @@ class Planner {
       const int t = next_tenant(*this);
       if (t == kNone) return;
       if (RunNextPrefill(t)) continue;
-      if (!AdmitNext(t)) return;
+      // Every call changes the state (admits, or closes admissions for the
+      // tenant or, pool-blocked, for all), so the loop ends. A pool-blocked
+      // admission must not end the step's prefills: other tenants' running
+      // sequences still get theirs (otherwise, with the lowest-vtime tenant
+      // waiting for room that only those prefills would free, nothing
+      // progresses).
+      AdmitNext(t);
     }
   }
 
@@ -155,33 +162,33 @@ class Planner {
   }
 
   // Admits tenant t's (or anyone's) next waiting sequence if the limits
-  // allow; false when nothing more can be admitted for it.
-  bool AdmitNext(int t) {
+  // allow, else closes admissions for that tenant (its own cap or budget) or
+  // for everyone (the pool).
+  void AdmitNext(int t) {
     const int w = NextWaiting(t);
-    if (w < 0) return false;
+    KV_CHECK(w >= 0);  // callers pick t for having a candidate
     Sequence* s = waiting_[w];
     const int tenant = TenantOf(s);
     const int cap = Share(tenant).max_concurrent;
     auto& reqs = running_requests_[tenant];
     if (cap > 0 && !reqs.contains(s->request) && static_cast<int>(reqs.size()) >= cap) {
       admit_blocked_[tenant] = 1;  // its own cap: others go on
-      return true;
+      return;
     }
     const int n = ChunkSize(*s, budget_);
     const int need = kv_.BlocksNeeded(s->id, s->num_computed + n);
     if (need > tenant_blocks_[tenant]) {
       admit_blocked_[tenant] = 1;  // its own budget: others go on
-      return true;
+      return;
     }
     if (need > free_blocks_) {
       pool_blocked_ = true;  // no jumping the queue for the pool
-      return false;
+      return;
     }
     taken_.insert(s);
     Commit(s, n, need);
     reqs.insert(s->request);
     d_.admitted.push_back(s);
-    return true;
   }
 
   void Commit(Sequence* s, int n, int need) {

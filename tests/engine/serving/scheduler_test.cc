@@ -180,6 +180,34 @@ TEST_F(SchedulerTest, FairGivesTheBudgetToTheTenantWithLessServiceFirst) {
   EXPECT_EQ(TokensOf(fcfs, light), 0);
 }
 
+TEST_F(SchedulerTest, APoolBlockedTenantDoesNotHoldBackOthersRunningPrefills) {
+  // Tenant 1 has been served least and waits for room that only tenant 2's
+  // running prefill will free (once it finishes and is compressed, or ends);
+  // tenant 2's prefill must still get the step, under both policies.
+  for (const std::string policy : {"fair", "fcfs"}) {
+    SCOPED_TRACE(policy);
+    seqs_.clear(), running_.clear(), waiting_.clear();
+    MakeCache(16);
+    ScheduleLimits limits{128, 16};
+    limits.tenants.resize(3);
+    limits.tenants[1].vtime = 0;
+    limits.tenants[2].vtime = 5000;
+    Sequence* prefilling = Waiting(100, 2);  // 36 tokens still to prefill
+    waiting_.pop_back();
+    prefilling->running = true;
+    prefilling->num_computed = 64;
+    ASSERT_TRUE(kv_->Reserve(prefilling->id, 64));  // 4 of 16 blocks
+    running_.push_back(prefilling);
+    Sequence* filler = Waiting(16 * 8, 0);
+    waiting_.pop_back();
+    ASSERT_TRUE(kv_->Reserve(filler->id, 16 * 8));  // 8 more: 4 blocks free
+    Sequence* blocked = Waiting(400, 1);  // a 128-token chunk needs 8 blocks
+    SchedulerDecision d = Run(policy, limits);
+    EXPECT_EQ(TokensOf(d, prefilling), 36);  // 3 blocks: fits the 4 free
+    EXPECT_EQ(TokensOf(d, blocked), 0);
+  }
+}
+
 TEST_F(SchedulerTest, FairAlternatesByWeightWithinAStep) {
   MakeCache(256);
   ScheduleLimits limits{96, 16};
