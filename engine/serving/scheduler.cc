@@ -69,7 +69,11 @@ class Planner {
       if (budget_ <= 0) return;
       const int t = next_tenant(*this);
       if (t == kNone) return;
-      if (RunNextPrefill(t)) continue;
+      const size_t before = d_.chunks.size();
+      if (RunNextPrefill(t)) {
+        FocusIfFinishingBehind(t, before);
+        continue;
+      }
       // Every call changes the state (admits, or closes admissions for the
       // tenant or, pool-blocked, for all), so the loop ends. A pool-blocked
       // admission must not end the step's prefills: other tenants' running
@@ -77,11 +81,39 @@ class Planner {
       // waiting for room that only those prefills would free, nothing
       // progresses).
       AdmitNext(t);
+      FocusIfFinishingBehind(t, before);
     }
+  }
+
+  // Time to first token for a tenant that has been served least: when a
+  // chunk just handed to tenant t completes a prompt (its first token comes
+  // out of this step) and t is at least half a step's budget behind every
+  // other tenant still asking for prefill, the rest of the step goes to t
+  // alone. The step stays short instead of being filled with the others'
+  // prefill, so a light tenant's first token under a flood costs about what
+  // it costs on an idle server; the others lose at most that step's slack.
+  // Only for the fair policy (fcfs passes kAny, never a tenant).
+  void FocusIfFinishingBehind(int t, size_t before) {
+    if (t < 0 || focus_ != kNone || d_.chunks.size() == before) return;
+    const ScheduledChunk& c = d_.chunks.back();
+    const Sequence& s = *c.seq;
+    if (s.num_computed >= s.prompt_len || s.num_computed + c.n_tokens < s.prompt_len) return;
+    const TenantShare& mine = Share(t);
+    const double my_v = mine.vtime + given_[t] / mine.weight;
+    const double margin = 0.5 * limits_.max_batch_tokens / mine.weight;
+    bool others = false;
+    for (int u = 0; u < static_cast<int>(given_.size()); ++u) {
+      if (u == t || !HasCandidate(u)) continue;
+      others = true;
+      const TenantShare& sh = Share(u);
+      if (sh.vtime + given_[u] / sh.weight - my_v < margin) return;
+    }
+    if (others) focus_ = t;
   }
 
   // The tenant with the lowest virtual time that has a candidate, or kNone.
   int LowestVtimeTenant() const {
+    if (focus_ != kNone) return HasCandidate(focus_) ? focus_ : kNone;
     int best = kNone;
     double best_v = 0;
     for (int t = 0; t < static_cast<int>(given_.size()); ++t) {
@@ -254,6 +286,7 @@ class Planner {
   std::vector<uint8_t> admit_blocked_;          // [tenant] its own limit stops its admissions
   absl::flat_hash_set<const Sequence*> taken_;  // admitted this step
   bool pool_blocked_ = false;
+  int focus_ = kNone;  // FocusIfFinishingBehind's tenant, once set
   std::vector<int> over_budget_;
   SchedulerDecision d_;
 };

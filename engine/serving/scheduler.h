@@ -85,8 +85,11 @@ class Scheduler {
 //   admissions are handed out one sequence at a time to the tenant with the
 //   lowest virtual time (TenantShare::vtime plus this step's tokens over its
 //   weight); within a tenant, by priority then arrival. A tenant that floods
-//   the server thus cannot hold the budget against a lighter one. With one
-//   tenant it is fcfs.
+//   the server thus cannot hold the budget against a lighter one. When a
+//   chunk completes the prompt of a tenant at least half a step behind every
+//   other tenant asking for prefill, the rest of that step goes to it alone,
+//   so its first token is not delayed by a step full of others' prefill.
+//   With one tenant it is fcfs.
 absl::StatusOr<std::unique_ptr<Scheduler>> MakeScheduler(const std::string& name);
 // The names MakeScheduler accepts, for error messages and help.
 const std::vector<std::string>& SchedulerNames();

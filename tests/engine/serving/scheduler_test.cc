@@ -168,8 +168,18 @@ TEST_F(SchedulerTest, FairGivesTheBudgetToTheTenantWithLessServiceFirst) {
   Sequence* light = Waiting(400, 2);  // arrived last
   SchedulerDecision fair = Run("fair", limits);
   EXPECT_EQ(TokensOf(fair, light), 400);
-  EXPECT_EQ(TokensOf(fair, flood1), 112);
+  // Light's prompt completes in this step and light is far behind: the step
+  // is kept short for its first token rather than filled with the flood's
+  // prefill.
+  EXPECT_EQ(TokensOf(fair, flood1), 0);
   EXPECT_EQ(TokensOf(fair, flood2), 0);
+
+  // Not behind (equal service): the rest of the budget goes to the others.
+  limits.tenants[1].vtime = 0;
+  running_.clear();
+  waiting_ = {flood1, flood2, light};
+  SchedulerDecision even = Run("fair", limits);
+  EXPECT_EQ(TokensOf(even, flood1) + TokensOf(even, light) + TokensOf(even, flood2), 512);
 
   // fcfs serves by arrival whatever the service so far.
   running_.clear();
@@ -201,7 +211,7 @@ TEST_F(SchedulerTest, APoolBlockedTenantDoesNotHoldBackOthersRunningPrefills) {
     Sequence* filler = Waiting(16 * 8, 0);
     waiting_.pop_back();
     ASSERT_TRUE(kv_->Reserve(filler->id, 16 * 8));  // 8 more: 4 blocks free
-    Sequence* blocked = Waiting(400, 1);  // a 128-token chunk needs 8 blocks
+    Sequence* blocked = Waiting(400, 1);            // a 128-token chunk needs 8 blocks
     SchedulerDecision d = Run(policy, limits);
     EXPECT_EQ(TokensOf(d, prefilling), 36);  // 3 blocks: fits the 4 free
     EXPECT_EQ(TokensOf(d, blocked), 0);
