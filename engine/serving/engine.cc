@@ -353,9 +353,17 @@ class EngineImpl {
   // Gives waiting sequences that hold no KV yet the longest cached prefix of
   // their prompt (all but its last token, whose logits are needed). Done
   // before scheduling so the scheduler counts only what is left to compute
-  // and the attached blocks cannot be evicted in between.
+  // and the attached blocks cannot be evicted in between. Those not admitted
+  // let go again after the step (DetachWaitingPrefixes): a waiting request
+  // must not pin cached blocks the running ones need. When a step could run
+  // nothing at all, the next one attaches nothing, so the head of the queue
+  // is admitted on free blocks even if cached prefixes fill the pool.
   void AttachCachedPrefixes() {
     if (!config_.prefix_cache) return;
+    if (attach_paused_) {
+      attach_paused_ = false;
+      return;
+    }
     for (Sequence* s : waiting_) {
       if (s->num_computed != 0 || kv_->HasSequence(s->id)) continue;
       const std::span<const int32_t> prompt(s->tokens.data(), s->prompt_len);
@@ -364,7 +372,24 @@ class EngineImpl {
       kv_->AttachPrefix(s->id, match_);
       s->num_computed = matched;
       s->cached_tokens = matched;
-      tenants_.counters(s->tenant).cached_prompt_tokens += matched;
+      s->prefix_attached = true;
+    }
+  }
+
+  bool AnyWaitingPrefixAttached() const {
+    for (const Sequence* s : waiting_) {
+      if (s->prefix_attached) return true;
+    }
+    return false;
+  }
+
+  void DetachWaitingPrefixes() {
+    for (Sequence* s : waiting_) {
+      if (!s->prefix_attached) continue;
+      kv_->Free(s->id);
+      s->num_computed = 0;
+      s->cached_tokens = 0;
+      s->prefix_attached = false;
     }
   }
 
@@ -412,6 +437,15 @@ class EngineImpl {
     AttachCachedPrefixes();
     ScheduleLimits limits = MakeLimits();
     SchedulerDecision d = scheduler_->Schedule(running_, waiting_, *kv_, limits);
+    if (!d.preempted.empty() && AnyWaitingPrefixAttached()) {
+      // Running sequences come before waiting ones: the cached blocks the
+      // waiting ones pinned for their admission go back first, and this
+      // step admits no one.
+      DetachWaitingPrefixes();
+      limits = MakeLimits();
+      limits.admit = false;
+      d = scheduler_->Schedule(running_, waiting_, *kv_, limits);
+    }
     if (!d.over_budget.empty() && ReclaimTenantBudgets(d.over_budget)) {
       // A tenant over its budget compresses its own sequences harder before
       // waiting or preempting its own; other tenants are not touched.
@@ -446,17 +480,26 @@ class EngineImpl {
       waiting_.erase(std::find(waiting_.begin(), waiting_.end(), s));
       running_.push_back(s);
       s->running = true;
+      if (s->prefix_attached) {
+        s->prefix_attached = false;
+        prefix_hit_tokens_ += s->cached_tokens;
+        tenants_.counters(s->tenant).cached_prompt_tokens += s->cached_tokens;
+      }
       if (!s->first_scheduled) {
         s->first_scheduled = Clock::now();
         if (s->choice == 0) {
-          prompt_tokens_ += s->prompt_len;
-          tenants_.counters(s->tenant).prompt_tokens += s->prompt_len;
+          // Prefilled tokens: the cached ones are counted as cached.
+          prompt_tokens_ += s->prompt_len - s->cached_tokens;
+          tenants_.counters(s->tenant).prompt_tokens += s->prompt_len - s->cached_tokens;
         }
       }
     }
+    DetachWaitingPrefixes();
+    if (d.empty() && running_.empty()) attach_paused_ = true;
     if (d.empty()) {
-      // Nothing fits this step (cannot persist: with nothing running every
-      // block is free); do not spin.
+      // Nothing fits this step (cannot persist: with nothing running, and no
+      // cached prefix attached in the next step, every block is free or
+      // evictable); do not spin.
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
       return;
     }
@@ -678,7 +721,7 @@ class EngineImpl {
     st.kv_reclaim_rounds = cc.reclaim_rounds;
     st.kv_policy_seconds = cc.policy_seconds;
     st.prefix_cache_blocks = kv_->prefix_cache().n_indexed();
-    st.prefix_cache_hit_tokens = kv_->prefix_cache().counters().hit_tokens;
+    st.prefix_cache_hit_tokens = prefix_hit_tokens_;
     st.preemptions = preemptions_;
     st.prompt_tokens = prompt_tokens_;
     st.generation_tokens = generation_tokens_;
@@ -775,7 +818,9 @@ class EngineImpl {
   int64_t requests_finished_ = 0;
   TenantBook tenants_;
   std::vector<kvcache::KvTier> tiers_scratch_;
-  std::vector<int32_t> match_;  // AttachCachedPrefixes' scratch
+  std::vector<int32_t> match_;     // AttachCachedPrefixes' scratch
+  int64_t prefix_hit_tokens_ = 0;  // prompt tokens admitted from the prefix cache
+  bool attach_paused_ = false;     // see AttachCachedPrefixes
 
   // Shared with front-end threads.
   mutable std::mutex mu_;

@@ -42,7 +42,8 @@ struct Sequence {
   // and the prompt tokens its last attachment took from the cache.
   std::string cache_salt;
   int cached_tokens = 0;
-  bool kv_tracked = false;  // known to the engine's KvCompressor
+  bool prefix_attached = false;  // attached while waiting, this step only
+  bool kv_tracked = false;       // known to the engine's KvCompressor
 
   std::unique_ptr<model::Sampler> sampler;
   std::unique_ptr<StopMatcher> stop;

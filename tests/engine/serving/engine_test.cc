@@ -401,6 +401,38 @@ TEST_F(EngineTest, PrefixCacheUnderPressureWithAbortsKeepsResultsAndAccounts) {
                                          {mc.n_layers, mc.n_kv_head, mc.head_dim}, 16)));
 }
 
+TEST_F(EngineTest, WaitingRequestsDoNotPinACacheThatFillsThePool) {
+  const auto& mc = model_->config();
+  EngineConfig cfg;
+  cfg.prefix_cache = true;
+  // 20 blocks; four documents of 80 tokens (5 blocks each) fill it with
+  // cached blocks once they have run.
+  cfg.kv_cache_bytes =
+      kvcache::BlockPool::BytesPerBlock({mc.n_layers, mc.n_kv_head, mc.head_dim}, 16) * 20;
+  cfg.max_batch_tokens = 64;
+  auto e = MakeEngine(cfg);
+  std::vector<std::vector<int32_t>> docs;
+  for (int d = 0; d < 4; ++d) {
+    docs.push_back(Prompt(81, 40 + d));
+    Drain(**e->Submit(Greedy(docs.back(), 1)), 1);
+  }
+  WaitIdle(*e);
+  // Every question over a cached document: each would pin a document while
+  // it waits; all must finish.
+  std::vector<std::shared_ptr<RequestHandle>> hs;
+  for (int i = 0; i < 8; ++i) {
+    std::vector<int32_t> p = docs[i % 4];
+    std::vector<int32_t> q = Prompt(24, 60 + i);
+    p.insert(p.end(), q.begin(), q.end());
+    auto h = e->Submit(Greedy(p, 20));
+    ASSERT_TRUE(h.ok()) << h.status();
+    hs.push_back(*h);
+  }
+  for (auto& h : hs) EXPECT_EQ(Drain(*h, 1).finish[0], FinishReason::kLength);
+  WaitIdle(*e);
+  EXPECT_GT(e->Stats().prefix_cache_hit_tokens, 0);
+}
+
 TEST_F(EngineTest, TenantOverBudgetCompressesItsOwnSequencesFirst) {
   const auto& mc = model_->config();
   const int64_t block_bytes = static_cast<int64_t>(
