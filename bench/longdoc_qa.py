@@ -45,9 +45,7 @@ import math
 import os
 import random
 import shlex
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -58,7 +56,7 @@ import urllib.request
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import haystack  # noqa: E402
 from kvserve_eval import metrics, util  # noqa: E402
-from kvserve_eval.server import free_port  # noqa: E402
+from kvserve_eval.server import ServerLauncher  # noqa: E402
 from kvserve_eval.tasks import longbench  # noqa: E402
 
 DEFAULT_FILE = "longbench/multifieldqa_en.sample12.jsonl"  # under --data-dir
@@ -317,61 +315,19 @@ def sse_events(lines):
 
 # --- Talking to the server --------------------------------------------------------------
 
-class Server:
-    """One `kvserve serve --tenants FILE` child process (util's launcher polls /ready
-    without a key, which a server with tenants refuses)."""
+def launcher(args, flags, key, log_dir):
+    """A kvserve_eval ServerLauncher for `kvserve serve --tenants FILE`: its readiness
+    probe sends `key`, since a server with tenants refuses keyless requests."""
+    return ServerLauncher(args.bin, args.model, args.threads, flags, log_dir=log_dir,
+                          name="longdoc-qa", api_key=key)
 
-    def __init__(self, binary, model, threads, flags, key, log_dir):
-        self.binary, self.model, self.threads = binary, model, threads
-        self.flags, self.key, self.log_dir = list(flags), key, log_dir
-        self.proc, self.url, self.log_path, self.cmd = None, None, None, None
 
-    def start(self, timeout=180.0):
-        port = free_port()
-        self.cmd = [self.binary, "serve", "--model", self.model, "--host", "127.0.0.1",
-                    "--port", str(port), "--grpc-port", "0", "--threads", str(self.threads),
-                    *self.flags]
-        fd, self.log_path = tempfile.mkstemp(prefix="longdoc-qa-", suffix=".log",
-                                             dir=self.log_dir)
-        with os.fdopen(fd, "w") as log:
-            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
-        self.url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"kvserve exited with {self.proc.returncode}: "
-                                   f"{shlex.join(self.cmd)}\n{self.log_tail()}")
-            try:
-                if get_json(self.url + "/ready", self.key, timeout=2)[0] == 200:
-                    return self
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"kvserve not ready after {timeout}s\n{self.log_tail()}")
-            time.sleep(0.2)
-
-    def stop(self, timeout=60.0):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def log_tail(self, n=3000):
-        if not self.log_path or not os.path.exists(self.log_path):
-            return ""
-        with open(self.log_path, errors="replace") as f:
-            return f.read()[-n:]
-
-    def stats(self):
-        status, body = get_json(self.url + "/v1/stats", self.key, timeout=10)
-        if status != 200:
-            raise RuntimeError(f"/v1/stats: {status} {body}")
-        return body
+def server_stats(server):
+    """The server's /v1/stats (with the launcher's key)."""
+    status, body = get_json(server.url + "/v1/stats", server.api_key, timeout=10)
+    if status != 200:
+        raise RuntimeError(f"/v1/stats: {status} {body}")
+    return body
 
 
 def get_json(url, key, timeout=10.0):
@@ -425,7 +381,7 @@ class StatsPoller:
     def _run(self):
         while not self.stop_event.is_set():
             try:
-                s = self.server.stats()
+                s = server_stats(self.server)
             except (OSError, RuntimeError, ValueError):
                 time.sleep(POLL_S)
                 continue
@@ -496,12 +452,13 @@ def run_config(name, args, plan, contexts, tenants, log_dir):
         json.dump(tenants_config(tenants, compression), f)
     flags = ["--tenants", cfg_path, "--kv-cache-bytes", args.kv_cache_bytes,
              "--prefix-cache", "true" if cache else "false", *args.server_flag]
-    server = Server(args.bin, args.model, args.threads, flags, key_of(ADMIN), log_dir).start()
+    server = launcher(args, flags, key_of(ADMIN), log_dir)
+    server.start()
     util.log(f"[{name}] {shlex.join(server.cmd)}")
     try:
         # Warm-up (the admin tenant: nothing it computes is cached for the others).
         stream_chat(server.url, key_of(ADMIN), "Say hello.", 4, args.timeout)
-        before = server.stats()
+        before = server_stats(server)
         t0 = time.monotonic()
         futures = []
         with StatsPoller(server) as poller, concurrent.futures.ThreadPoolExecutor(
@@ -515,7 +472,7 @@ def run_config(name, args, plan, contexts, tenants, log_dir):
             results = [f.result() for f in futures]
             # Let the last stats publish settle before the final snapshot.
             time.sleep(2 * POLL_S)
-        after = server.stats()
+        after = server_stats(server)
         report = summarize_config(results, tenants, poller.peaks, before, after)
         report["server_command"] = shlex.join(["kvserve", *server.cmd[1:]])
         o = report["overall"]

@@ -20,14 +20,17 @@ import urllib.error
 import urllib.request
 
 
-def http_json(url, body=None, timeout=30.0):
-    """(status, parsed JSON or text) of a GET (body None) or a JSON POST.
+def http_json(url, body=None, timeout=30.0, api_key=None):
+    """(status, parsed JSON or text) of a GET (body None) or a JSON POST, with
+    `Authorization: Bearer api_key` when a key is given (a server with tenants).
 
     HTTP error statuses are returned, not raised; connection failures and timeouts raise
     OSError (urllib's URLError and socket.timeout are OSErrors).
     """
     data = None if body is None else json.dumps(body).encode()
     headers = {"Content-Type": "application/json"} if data is not None else {}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
     request = urllib.request.Request(url, data=data, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -144,18 +147,20 @@ def metric_sum(series, name):
 class Client:
     """Client of one server at `url` (e.g. "http://127.0.0.1:8080")."""
 
-    def __init__(self, url, timeout=600.0, model=None):
+    def __init__(self, url, timeout=600.0, model=None, api_key=None):
         """`timeout`: seconds per request unless a call gives its own; `model`: sent as
-        the request's "model" when set (kvserve accepts requests without one)."""
+        the request's "model" when set (kvserve accepts requests without one);
+        `api_key`: a tenant's key, sent on every request."""
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.model = model
+        self.api_key = api_key
 
     # --- plain endpoints ----------------------------------------------------------------
 
     def get(self, path, timeout=None):
         """(status, parsed JSON or text); raises OSError when the server is unreachable."""
-        return http_json(self.url + path, timeout=timeout or self.timeout)
+        return http_json(self.url + path, timeout=timeout or self.timeout, api_key=self.api_key)
 
     def ready(self):
         try:
@@ -220,7 +225,8 @@ class Client:
     def _post(self, path, body, timeout):
         t0 = time.monotonic()
         try:
-            status, parsed = http_json(self.url + path, body, timeout=timeout or self.timeout)
+            status, parsed = http_json(self.url + path, body, timeout=timeout or self.timeout,
+                                       api_key=self.api_key)
         except OSError as e:  # refused, reset, timed out
             out = Completion.failure(None, f"{type(e).__name__}: {e}", "connection_error")
             out.wall_s = time.monotonic() - t0
@@ -250,9 +256,11 @@ class Client:
         body = self._body(prompt, max_tokens, kv_compression, False, None, temperature, extra)
         body["stream"] = True
         body.setdefault("stream_options", {"include_usage": True})
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
         request = urllib.request.Request(self.url + "/v1/completions",
-                                         data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
+                                         data=json.dumps(body).encode(), headers=headers)
         t0 = time.monotonic()
         texts, times, usage, finish = [], [], None, None
         try:

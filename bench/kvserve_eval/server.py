@@ -34,16 +34,18 @@ class ServerLauncher:
 
     def __init__(self, binary=util.DEFAULT_BIN, model=util.DEFAULT_MODEL, threads=2, flags=(),
                  host="127.0.0.1", startup_timeout=180.0, log_dir=None, name="kvserve-eval",
-                 log=util.log):
+                 log=util.log, api_key=None):
         """`flags`: more `kvserve serve` flags for every start (e.g. ["--kv-cache-bytes",
         "1GiB"]); `log_dir`: where the log files go (default: the temp directory);
-        `log`: progress callback (stderr)."""
+        `log`: progress callback (stderr); `api_key`: a key the readiness probe and
+        client() send (a server started with --tenants refuses requests without one)."""
         self.binary, self.model, self.threads = binary, model, threads
         self.flags = list(flags)
         self.host, self.startup_timeout = host, startup_timeout
         self.log_dir = log_dir or tempfile.gettempdir()
         self.name = name
         self._log = log
+        self.api_key = api_key
         self.proc = None
         self.url = None
         self.cmd = None          # the command of the current (or last) start
@@ -80,7 +82,7 @@ class ServerLauncher:
         self.proc = subprocess.Popen(self.cmd, stdout=self._log_file, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         self.url = f"http://{self.host}:{port}"
-        probe = Client(self.url)
+        probe = Client(self.url, api_key=self.api_key)
         deadline = time.monotonic() + self.startup_timeout
         while not probe.ready():
             if self.proc.poll() is not None:
@@ -138,7 +140,7 @@ class ServerLauncher:
         """A Client of the running server."""
         if self.url is None:
             raise RuntimeError("server not started")
-        return Client(self.url, timeout=timeout, model=model)
+        return Client(self.url, timeout=timeout, model=model, api_key=self.api_key)
 
     def log_tail(self, n=3000):
         """The last n characters of the current (or last) start's log."""

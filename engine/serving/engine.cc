@@ -332,9 +332,14 @@ class EngineImpl {
     std::vector<uint8_t> active(tenants_.size(), 0);
     for (const Sequence* s : running_) active[s->tenant] = 1;
     for (const Sequence* s : waiting_) active[s->tenant] = 1;
-    limits.tenants = tenants_.Shares(TenantHeldBytes(), active,
-                                     static_cast<int64_t>(kv_->pool().bytes_per_block()),
-                                     /*credit=*/2.0 * config_.max_batch_tokens);
+    // What tenants hold matters only against a budget: skip the walk over
+    // every block when no tenant has one.
+    bool any_budget = false;
+    for (int t = 1; t < tenants_.size(); ++t) any_budget |= tenants_.limits(t).kv_budget_bytes > 0;
+    limits.tenants =
+        tenants_.Shares(any_budget ? TenantHeldBytes() : std::vector<int64_t>(tenants_.size(), 0),
+                        active, static_cast<int64_t>(kv_->pool().bytes_per_block()),
+                        /*credit=*/2.0 * config_.max_batch_tokens);
     return limits;
   }
 
@@ -734,68 +739,64 @@ class EngineImpl {
     st.requests_submitted = submitted_;
     st.requests_rejected = rejected_;
     st.requests_finished = requests_finished_;
-    queued_ = static_cast<int>(inbox_.size()) + CountWaitingRequests();
+    queued_ = CountQueued();
     PublishTenantStats(&st);
     stats_ = st;
   }
 
-  // Fills st->tenants; mu_ held.
-  void PublishTenantStats(EngineStats* st) {
+  // Requests submitted and not yet running (the inbox and those with no
+  // running sequence), in total and per tenant id into submit_counts_, which
+  // Submit's max_queued checks read. mu_ held.
+  int CountQueued() {
     for (auto& [id, c] : submit_counts_) c.queued = 0;
     for (const auto& r : inbox_) ++submit_counts_[r->request.tenant].queued;
-    std::vector<uint8_t> queued_request(requests_.size(), 0);
-    for (size_t i = 0; i < requests_.size(); ++i) {
-      bool any_running = false;
-      for (const Sequence* s : running_) any_running |= s->request == requests_[i].get();
-      if (!any_running) ++submit_counts_[requests_[i]->request.tenant].queued;
+    running_requests_scratch_.clear();
+    for (const Sequence* s : running_) running_requests_scratch_.insert(s->request);
+    int n = static_cast<int>(inbox_.size());
+    for (const auto& r : requests_) {
+      if (running_requests_scratch_.contains(r.get())) continue;
+      ++submit_counts_[r->request.tenant].queued;
+      ++n;
+    }
+    return n;
+  }
+
+  // Fills st->tenants with the configured tenants' rows: one pass over the
+  // sequences, and none at all without a tenant table (single-tenant mode
+  // pays nothing per step). mu_ held.
+  void PublishTenantStats(EngineStats* st) {
+    if (tenants_.size() == 1) return;  // only the default tenant
+    std::vector<TenantStats> rows;
+    for (int t = 0; t < tenants_.size(); ++t) {
+      rows.push_back(tenants_.counters(t));
+      rows.back().kv_budget_bytes = tenants_.limits(t).kv_budget_bytes;
     }
     const int64_t block_bytes = static_cast<int64_t>(kv_->pool().bytes_per_block());
     const auto& pool = kv_->pool();
-    for (int t = 0; t < tenants_.size(); ++t) {
-      TenantStats ts = tenants_.counters(t);
-      const TenantLimits& lim = tenants_.limits(t);
-      ts.kv_budget_bytes = lim.kv_budget_bytes;
-      for (const Sequence* s : running_) {
-        if (s->tenant != t) continue;
-        ++ts.running;
-        ts.kv_bytes_uncompressed += kv_->NumBlocks(s->id) * block_bytes;
-        for (int l = 0; l < kv_->shape().n_layers; ++l) {
-          kv_->Tiers(s->id, l, &tiers_scratch_);
-          for (kvcache::KvTier tier : tiers_scratch_) {
-            ts.kv_tier_bytes[kvcache::TierIndex(tier)] +=
-                static_cast<int64_t>(pool.unit_bytes(tier));
-          }
+    for (const Sequence* s : running_) {
+      if (s->tenant == 0) continue;
+      TenantStats& ts = rows[s->tenant];
+      ++ts.running;
+      ts.kv_bytes_uncompressed += kv_->NumBlocks(s->id) * block_bytes;
+      for (int l = 0; l < kv_->shape().n_layers; ++l) {
+        kv_->Tiers(s->id, l, &tiers_scratch_);
+        for (kvcache::KvTier tier : tiers_scratch_) {
+          if (tier == kvcache::KvTier::kEvicted) continue;
+          ts.kv_tier_bytes[kvcache::TierIndex(tier)] += static_cast<int64_t>(pool.unit_bytes(tier));
         }
       }
-      ts.kv_tier_bytes[kvcache::TierIndex(kvcache::KvTier::kEvicted)] = 0;
+    }
+    for (const Sequence* s : waiting_) ++rows[s->tenant].waiting;
+    for (const auto& r : inbox_) rows[tenants_.IndexOf(r->request.tenant)].waiting += r->request.n;
+    for (int t = 1; t < tenants_.size(); ++t) {
+      TenantStats& ts = rows[t];
       for (int64_t b : ts.kv_tier_bytes) ts.kv_bytes += b;
-      for (const Sequence* s : waiting_) ts.waiting += s->tenant == t;
-      for (const auto& r : inbox_) {
-        if (tenants_.IndexOf(r->request.tenant) == t) ts.waiting += r->request.n;
-      }
-      if (auto it = submit_counts_.find(lim.id); it != submit_counts_.end()) {
+      if (auto it = submit_counts_.find(ts.id); it != submit_counts_.end()) {
         ts.requests_submitted = it->second.submitted;
         ts.requests_rejected = it->second.rejected;
       }
-      // The default tenant is listed only once it has had requests.
-      if (t == 0 && ts.requests_submitted == 0 && ts.requests_rejected == 0) continue;
       st->tenants.push_back(std::move(ts));
     }
-    // Listed first among configured tenants is clearer for readers: move
-    // the default tenant to the end.
-    if (!st->tenants.empty() && st->tenants.front().id.empty()) {
-      std::rotate(st->tenants.begin(), st->tenants.begin() + 1, st->tenants.end());
-    }
-  }
-
-  int CountWaitingRequests() const {
-    int n = 0;
-    for (const auto& r : requests_) {
-      bool any_running = false;
-      for (const Sequence* s : running_) any_running |= s->request == r.get();
-      n += any_running ? 0 : 1;
-    }
-    return n;
   }
 
   const EngineConfig config_;
@@ -818,6 +819,7 @@ class EngineImpl {
   int64_t requests_finished_ = 0;
   TenantBook tenants_;
   std::vector<kvcache::KvTier> tiers_scratch_;
+  absl::flat_hash_set<const RequestState*> running_requests_scratch_;  // CountQueued's
   std::vector<int32_t> match_;     // AttachCachedPrefixes' scratch
   int64_t prefix_hit_tokens_ = 0;  // prompt tokens admitted from the prefix cache
   bool attach_paused_ = false;     // see AttachCachedPrefixes

@@ -44,8 +44,8 @@ struct EngineStats {
   // Prefix cache: blocks indexed, and prompt tokens that hit it.
   int64_t prefix_cache_blocks = 0;
   int64_t prefix_cache_hit_tokens = 0;
-  // One entry per configured tenant (SetTenants order), then the default
-  // tenant (id "") if it has had requests.
+  // One entry per configured tenant, in SetTenants order; empty without a
+  // tenant table (requests of the default tenant count only in the totals).
   std::vector<TenantStats> tenants;
 };
 

@@ -21,8 +21,8 @@ struct TenantLimits {
   double weight = 1.0;          // > 0: share of each step's token budget against other tenants
 };
 
-// Counters and gauges of one tenant (EngineStats::tenants). The default
-// tenant (requests with an empty tenant id) reports under id "".
+// Counters and gauges of one configured tenant (EngineStats::tenants).
+// Requests with an empty or unknown tenant id count only in the totals.
 struct TenantStats {
   std::string id;
   int running = 0;       // sequences running

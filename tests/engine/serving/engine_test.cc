@@ -187,6 +187,33 @@ const TenantStats* FindTenant(const EngineStats& st, const std::string& id) {
   return nullptr;
 }
 
+// Polls a tenant's KV bytes from another thread until Stop(), which
+// returns the highest value seen.
+class PeakTenantBytes {
+ public:
+  PeakTenantBytes(const Engine& e, std::string id)
+      : thread_([this, &e, id = std::move(id)] {
+          while (!done_.load()) {
+            const EngineStats st = e.Stats();
+            if (const TenantStats* t = FindTenant(st, id); t != nullptr) {
+              peak_ = std::max(peak_, t->kv_bytes);
+            }
+            std::this_thread::sleep_for(std::chrono::microseconds(200));
+          }
+        }) {}
+  ~PeakTenantBytes() { Stop(); }
+  int64_t Stop() {
+    done_.store(true);
+    if (thread_.joinable()) thread_.join();
+    return peak_;
+  }
+
+ private:
+  std::atomic<bool> done_{false};
+  int64_t peak_ = 0;  // written by thread_ until it is joined
+  std::thread thread_;
+};
+
 TEST_F(EngineTest, SetTenantsValidates) {
   auto e = MakeEngine({});
   EXPECT_EQ(e->SetTenants({{""}}).code(), absl::StatusCode::kInvalidArgument);
@@ -240,18 +267,7 @@ TEST_F(EngineTest, TenantBudgetHoldsUnderLoadAndTouchesNoOtherTenant) {
 
   std::vector<std::vector<int32_t>> want;
   for (int i = 0; i < 6; ++i) want.push_back(Reference(Prompt(50, i), 30));
-  std::atomic<bool> done{false};
-  std::atomic<int64_t> max_a{0};
-  std::thread watcher([&] {
-    while (!done.load()) {
-      const TenantStats* t = nullptr;
-      const EngineStats st = e->Stats();
-      if ((t = FindTenant(st, "a")) != nullptr && t->kv_bytes > max_a.load()) {
-        max_a.store(t->kv_bytes);
-      }
-      std::this_thread::sleep_for(std::chrono::microseconds(200));
-    }
-  });
+  PeakTenantBytes peak_a(*e, "a");
   std::vector<std::shared_ptr<RequestHandle>> hs;
   for (int i = 0; i < 6; ++i) {
     GenerationRequest r = Greedy(Prompt(50, i), 30);
@@ -265,11 +281,10 @@ TEST_F(EngineTest, TenantBudgetHoldsUnderLoadAndTouchesNoOtherTenant) {
     EXPECT_EQ(c.tokens[0], want[i]) << "request " << i;
   }
   WaitIdle(*e);
-  done.store(true);
-  watcher.join();
+  const int64_t max_a = peak_a.Stop();
   const EngineStats st = e->Stats();
-  EXPECT_GT(max_a.load(), 0);
-  EXPECT_LE(max_a.load(), a.kv_budget_bytes);
+  EXPECT_GT(max_a, 0);
+  EXPECT_LE(max_a, a.kv_budget_bytes);
   const TenantStats* ta = FindTenant(st, "a");
   const TenantStats* tb = FindTenant(st, "b");
   ASSERT_NE(ta, nullptr);
@@ -457,29 +472,16 @@ TEST_F(EngineTest, TenantOverBudgetCompressesItsOwnSequencesFirst) {
     ASSERT_TRUE(h.ok()) << h.status();
     hs.push_back(*h);
   }
-  std::atomic<bool> done{false};
-  std::atomic<int64_t> max_a{0};
-  std::thread watcher([&] {
-    while (!done.load()) {
-      const EngineStats st = e->Stats();
-      if (const TenantStats* t = FindTenant(st, "a"); t != nullptr && t->kv_bytes > max_a.load()) {
-        max_a.store(t->kv_bytes);
-      }
-      std::this_thread::sleep_for(std::chrono::microseconds(200));
-    }
-  });
+  PeakTenantBytes peak_a(*e, "a");
   for (int i = 0; i < 4; ++i) {
     Collected c = Drain(*hs[i], 1);
     EXPECT_EQ(c.finish[0], FinishReason::kLength) << i;
   }
   WaitIdle(*e);
-  done.store(true);
-  watcher.join();
+  const int64_t max_a = peak_a.Stop();
   const EngineStats st = e->Stats();
-  EXPECT_LE(max_a.load(), a.kv_budget_bytes);
-  EXPECT_GT(FindTenant(st, "a")->budget_reclaims, 0)
-      << "max " << max_a.load() << " block " << block_bytes << " preemptions "
-      << FindTenant(st, "a")->preemptions;
+  EXPECT_LE(max_a, a.kv_budget_bytes);
+  EXPECT_GT(FindTenant(st, "a")->budget_reclaims, 0) << "peak bytes of a: " << max_a;
   EXPECT_EQ(FindTenant(st, "b")->preemptions, 0);
   EXPECT_EQ(FindTenant(st, "b")->budget_reclaims, 0);
   EXPECT_EQ(st.kv_blocks_free, st.kv_blocks_total);
