@@ -17,6 +17,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "engine/model/device.h"
 #include "nlohmann/json.hpp"
 
 namespace kvserve::config {
@@ -120,6 +121,10 @@ const std::vector<OptionSpec>& Specs() {
                  IntField(&ServerConfig::grpc_port)});
     s.push_back({{"threads", "N", "0", "CPU threads for the forward pass (0 = all cores)"},
                  IntField(&ServerConfig::threads)});
+    s.push_back({{"device", "NAME", "cpu",
+                  "where the weight matmuls run: cpu, cuda (GPU 0) or cuda:N; attention and the "
+                  "KV cache stay on the CPU"},
+                 StringField(&ServerConfig::device)});
     s.push_back({{"log-level", "LEVEL", "info", "trace, debug, info, warn, error, critical, off"},
                  StringField(&ServerConfig::log_level)});
     s.push_back({{"drain-timeout", "SECONDS", "30",
@@ -424,6 +429,7 @@ absl::StatusOr<ServerConfig> ValidateServerConfig(ServerConfig c) {
   if (c.threads < 0 || c.threads > 1024) {
     return absl::InvalidArgumentError(absl::StrCat("threads: must be in 0..1024, got ", c.threads));
   }
+  if (auto d = model::ParseDevice(c.device); !d.ok()) return d.status();
   static constexpr std::array<const char*, 7> kLevels = {"trace", "debug",    "info", "warn",
                                                          "error", "critical", "off"};
   if (std::find_if(kLevels.begin(), kLevels.end(),

@@ -31,6 +31,9 @@ struct ServerConfig {
   int port = 8080;        // HTTP
   int grpc_port = 50051;  // 0 disables the gRPC server
   int threads = 0;        // forward-pass threads; 0 = all cores
+  // Where the weight matmuls run: "cpu", "cuda" or "cuda:N"
+  // (engine/model/device.h). Option device.
+  std::string device = "cpu";
   std::string log_level = "info";
   // On SIGTERM/SIGINT, how long requests in flight may take to finish
   // before they are aborted; 0 aborts them at once. Option drain-timeout.
@@ -91,7 +94,8 @@ class ServerConfigBuilder {
 };
 
 // Checks a complete candidate: the model file is readable, port in
-// 1..65535, grpc_port in 0..65535 and different, threads in 0..1024, a known log level, a non-empty
+// 1..65535, grpc_port in 0..65535 and different, threads in 0..1024, a device name
+// model::ParseDevice accepts (not whether it is usable), a known log level, a non-empty
 // model name, drain_timeout >= 0, and the engine part via engine::ValidateEngineConfig.
 absl::StatusOr<ServerConfig> ValidateServerConfig(ServerConfig candidate);
 

@@ -36,7 +36,8 @@ int RunBench(const std::vector<std::string>& args) {
   if (!AllFlagsValid("bench", {threads.status(), P.status(), G.status(), B.status(), R.status(),
                                U.status(), seed.status()}))
     return 2;
-  auto m = model::LlamaModel::Load(cli.Get("model"), static_cast<int>(*threads));
+  auto m = model::LlamaModel::Load(cli.Get("model"), static_cast<int>(*threads),
+                                   cli.Get("device"));
   if (!m.ok()) {
     std::fprintf(stderr, "kvserve bench: %s\n", std::string(m.status().message()).c_str());
     return 1;

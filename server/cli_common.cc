@@ -36,11 +36,15 @@ bool AllFlagsValid(const char* command, std::initializer_list<absl::Status> flag
 void AddModelFlags(CliArgs* cli) {
   cli->Flag("model", "PATH", "", "GGUF model file (Llama-family)", /*required=*/true);
   cli->Flag("threads", "N", "0", "CPU threads for the forward pass (0 = all cores)");
+  cli->Flag("device", "NAME", "cpu",
+            "where the weight matmuls run: cpu, cuda (GPU 0) or cuda:N; attention and the KV "
+            "cache stay on the CPU");
 }
 
-absl::StatusOr<LoadedModel> LoadModel(const std::string& path, int n_threads) {
+absl::StatusOr<LoadedModel> LoadModel(const std::string& path, int n_threads,
+                                      const std::string& device) {
   LoadedModel m;
-  auto model = model::LlamaModel::Load(path, n_threads);
+  auto model = model::LlamaModel::Load(path, n_threads, device);
   if (!model.ok()) return model.status();
   m.model = std::move(*model);
   auto tok = tokenizer::Tokenizer::FromGguf(m.model->file());

@@ -25,13 +25,16 @@ struct LoadedModel {
   std::unique_ptr<tokenizer::Tokenizer> tokenizer;
 };
 
-absl::StatusOr<LoadedModel> LoadModel(const std::string& path, int n_threads);
+// device: "cpu", "cuda", "cuda:N" (engine/model/device.h).
+absl::StatusOr<LoadedModel> LoadModel(const std::string& path, int n_threads,
+                                      const std::string& device);
 
 // Prints the first error among `flag_statuses` as "kvserve <command>: ..."
 // and returns false; true when all are OK.
 bool AllFlagsValid(const char* command, std::initializer_list<absl::Status> flag_statuses);
 
-// Declares the flags every model-using command takes: --model, --threads.
+// Declares the flags every model-using command takes: --model, --threads,
+// --device.
 void AddModelFlags(CliArgs* cli);
 
 // --kv-policy, --kv-ratio and the compressor's knobs (--kv-sink-blocks,

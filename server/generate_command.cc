@@ -49,7 +49,7 @@ int RunGenerate(const std::vector<std::string>& args) {
                                   top_k.status(), top_p.status(), min_p.status(), seed.status()}))
     return 2;
 
-  auto loaded = LoadModel(cli.Get("model"), static_cast<int>(*threads));
+  auto loaded = LoadModel(cli.Get("model"), static_cast<int>(*threads), cli.Get("device"));
   if (!loaded.ok()) return Fail(loaded.status());
   model::LlamaModel& m = *loaded->model;
   const tokenizer::Tokenizer& tok = *loaded->tokenizer;

@@ -269,6 +269,11 @@ class HttpServer::Impl {
     http_.Get("/v1/stats", [this](const httplib::Request&, httplib::Response& res) {
       StatsContext context;
       context.model_name = options_.model_name;
+      if (options_.device != nullptr) {
+        context.device = options_.device->device();
+        context.device_description = options_.device->Describe();
+        context.device_memory_bytes = options_.device->device_bytes();
+      }
       context.timestamp_s = absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch());
       context.uptime_s = std::chrono::duration<double>(Clock::now() - started_).count();
       SetJson(res, 200, StatsJson(engine_->Stats(), context));

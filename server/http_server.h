@@ -41,6 +41,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "engine/kernels/matmul_backend.h"
 #include "engine/serving/engine.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "server/metrics.h"
@@ -52,6 +53,9 @@ struct HttpServerOptions {
   std::string host = "127.0.0.1";
   int port = 8080;         // 0 picks a free port (see HttpServer::port())
   std::string model_name;  // what /v1/models lists and requests must name
+  // Where the weight matmuls run, for /v1/stats. Not owned; outlives the
+  // server; null: not reported.
+  const kernels::MatMulBackend* device = nullptr;
   // Prompt + completion limit in tokens: EngineConfig::max_context, or the
   // model's training context when that is 0.
   int max_context = 0;

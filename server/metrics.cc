@@ -65,14 +65,14 @@ const prometheus::Histogram::BucketBoundaries& LatencyBuckets() {
 
 }  // namespace
 
-Metrics::Metrics(const std::string& model_name)
+Metrics::Metrics(const std::string& model_name, const std::string& device)
     : registry_(std::make_shared<prometheus::Registry>()) {
   prometheus::Registry& reg = *registry_;
   BuildGauge()
       .Name("kvserve_model_info")
-      .Help("Always 1; the label names the served model.")
+      .Help("Always 1; the labels name the served model and the device its matmuls run on.")
       .Register(reg)
-      .Add({{"model_name", model_name}})
+      .Add({{"model_name", model_name}, {"device", device}})
       .Set(1);
   running_ = &BuildGauge()
                   .Name("kvserve_requests_running")

@@ -39,8 +39,9 @@ namespace kvserve::server {
 
 class Metrics : public engine::EngineObserver {
  public:
-  // `model_name` labels kvserve_model_info.
-  explicit Metrics(const std::string& model_name);
+  // `model_name` and `device` (where the weight matmuls run: "cpu", "cuda")
+  // label kvserve_model_info.
+  explicit Metrics(const std::string& model_name, const std::string& device = "cpu");
   ~Metrics() override;
 
   // EngineObserver; called on the engine thread.

@@ -41,7 +41,7 @@ int RunPerplexity(const std::vector<std::string>& args) {
   }
   std::stringstream ss;
   ss << in.rdbuf();
-  auto loaded = LoadModel(cli.Get("model"), static_cast<int>(*threads));
+  auto loaded = LoadModel(cli.Get("model"), static_cast<int>(*threads), cli.Get("device"));
   if (!loaded.ok()) {
     std::fprintf(stderr, "kvserve perplexity: %s\n",
                  std::string(loaded.status().message()).c_str());

@@ -118,7 +118,7 @@ int RunServe(const std::vector<std::string>& args) {
   std::signal(SIGPIPE, SIG_IGN);
 
   spdlog::info("loading {}", cfg.model_path);
-  auto loaded = LoadModel(cfg.model_path, cfg.threads);
+  auto loaded = LoadModel(cfg.model_path, cfg.threads, cfg.device);
   if (!loaded.ok()) {
     spdlog::error("{}", std::string(loaded.status().message()));
     return 1;
@@ -126,6 +126,8 @@ int RunServe(const std::vector<std::string>& args) {
   const model::ModelConfig& mc = loaded->model->config();
   spdlog::info("model '{}' ({} layers, {} heads / {} KV heads, context {}), {} threads", mc.name,
                mc.n_layers, mc.n_head, mc.n_kv_head, mc.n_ctx_train, loaded->model->n_threads());
+  spdlog::info("weight matmuls on {}, {} MiB of device memory",
+               loaded->model->backend().Describe(), loaded->model->backend().device_bytes() >> 20);
   if (cfg.engine.max_context > mc.n_ctx_train) {
     return UsageError(absl::StrCat("invalid configuration: max-context: ", cfg.engine.max_context,
                                    " exceeds the model's training context of ", mc.n_ctx_train,
@@ -133,7 +135,7 @@ int RunServe(const std::vector<std::string>& args) {
   }
   const int max_context = cfg.engine.max_context > 0 ? cfg.engine.max_context : mc.n_ctx_train;
 
-  Metrics metrics(cfg.model_name);
+  Metrics metrics(cfg.model_name, loaded->model->backend().device());
   auto engine =
       engine::Engine::Create(cfg.engine, loaded->model.get(), loaded->tokenizer.get(), &metrics);
   if (!engine.ok()) {
@@ -171,6 +173,7 @@ int RunServe(const std::vector<std::string>& args) {
   http_options.host = cfg.host;
   http_options.port = cfg.port;
   http_options.model_name = cfg.model_name;
+  http_options.device = &loaded->model->backend();
   http_options.max_context = max_context;
   auto http = HttpServer::Start(http_options, engine->get(), loaded->tokenizer.get(), &metrics);
   if (!http.ok()) {

@@ -66,7 +66,7 @@ json StatsJson(const engine::EngineStats& s, const StatsContext& context) {
   }
   constexpr int kEvicted = kvcache::TierIndex(kvcache::KvTier::kEvicted);
 
-  return {
+  json out = {
       {"object", "kvserve.stats"},
       {"timestamp", context.timestamp_s},
       {"uptime_seconds", context.uptime_s},
@@ -104,6 +104,12 @@ json StatsJson(const engine::EngineStats& s, const StatsContext& context) {
        }},
       {"tenants", TenantsJson(s)},
   };
+  if (!context.device.empty()) {
+    out["device"] = {{"name", context.device},
+                     {"description", context.device_description},
+                     {"memory_bytes", context.device_memory_bytes}};
+  }
+  return out;
 }
 
 }  // namespace kvserve::server

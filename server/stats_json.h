@@ -20,6 +20,10 @@ struct StatsContext {
   std::string model_name;
   double timestamp_s = 0;  // Unix time of the snapshot, in seconds
   double uptime_s = 0;     // seconds since the server started
+  // Where the weight matmuls run ("cpu", "cuda"); empty: not reported.
+  std::string device;
+  std::string device_description;    // e.g. "cuda:0 NVIDIA H200 (143771 MiB)"
+  uint64_t device_memory_bytes = 0;  // held on the device by the backend
 };
 
 // Builds the /v1/stats object from `stats`. Derived values follow the

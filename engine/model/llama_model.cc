@@ -7,11 +7,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/gguf/dequantize.h"
+#include "engine/model/device.h"
 
 namespace kvserve::model {
 
-absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& path,
-                                                             int n_threads) {
+absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& path, int n_threads,
+                                                             std::string_view device) {
   std::unique_ptr<LlamaModel> m(new LlamaModel());
   auto file = gguf::GgufFile::Open(path);
   if (!file.ok()) return file.status();
@@ -29,6 +30,13 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& 
   if (n_threads <= 0)
     n_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   m->pool_ = std::make_unique<ThreadPool>(n_threads);
+  auto backend = MakeMatMulBackend(device, m->pool_.get());
+  if (!backend.ok()) return backend.status();
+  m->backend_ = std::move(*backend);
+  for (const kernels::WeightView* w : m->UsedMatrices()) {
+    absl::Status s = m->backend_->Prepare(*w);
+    if (!s.ok()) return s;
+  }
   m->rope_ = std::make_unique<Rope>(m->config_, m->weights_->rope_freq_factors());
   m->attention_ = std::make_unique<Attention>(m->config_);
   return m;
@@ -42,9 +50,36 @@ void LlamaModel::RowPass(int n, const std::function<void(int)>& fn) {
   });
 }
 
-void LlamaModel::MatMul(const kernels::WeightView& w, const float* x, int n, float* y) {
-  kernels::MatMul(w, x, n, y, pool_.get(), &scratch_);
+std::vector<const kernels::WeightView*> LlamaModel::UsedMatrices() const {
+  std::vector<const kernels::WeightView*> used;
+  for (const LayerWeights& L : weights_->layers()) {
+    if (L.wqkv.data != nullptr) {
+      used.push_back(&L.wqkv);
+    } else {
+      used.insert(used.end(), {&L.wq, &L.wk, &L.wv});
+    }
+    used.push_back(&L.wo);
+    if (L.w_gate_up.data != nullptr) {
+      used.push_back(&L.w_gate_up);
+    } else {
+      used.insert(used.end(), {&L.w_gate, &L.w_up});
+    }
+    used.push_back(&L.w_down);
+  }
+  used.push_back(&weights_->output());
+  return used;
 }
+
+absl::Status LlamaModel::MatMul(const kernels::WeightView& w, const float* x, int n, float* y) {
+  return backend_->MatMul(w, x, n, y);
+}
+
+// Returns the status of a matmul that failed (a device error).
+#define KV_RETURN_IF_ERROR(expr)             \
+  do {                                       \
+    absl::Status kv_status_ = (expr);        \
+    if (!kv_status_.ok()) return kv_status_; \
+  } while (0)
 
 absl::Status LlamaModel::Forward(const Batch& b, kvcache::KvStore* kv, std::vector<float>* logits) {
   const ModelConfig& c = config_;
@@ -91,11 +126,11 @@ absl::Status LlamaModel::Forward(const Batch& b, kvcache::KvStore* kv, std::vect
     const LayerWeights& L = weights_->layers()[l];
     RowPass(n, [&](int i) { RmsNorm(&x_[i * E], L.attn_norm.data(), E, c.rms_eps, &h_[i * E]); });
     if (L.wqkv.data != nullptr) {
-      MatMul(L.wqkv, h_.data(), n, qkv_.data());
+      KV_RETURN_IF_ERROR(MatMul(L.wqkv, h_.data(), n, qkv_.data()));
     } else {
-      MatMul(L.wq, h_.data(), n, q_.data());
-      MatMul(L.wk, h_.data(), n, k_.data());
-      MatMul(L.wv, h_.data(), n, v_.data());
+      KV_RETURN_IF_ERROR(MatMul(L.wq, h_.data(), n, q_.data()));
+      KV_RETURN_IF_ERROR(MatMul(L.wk, h_.data(), n, k_.data()));
+      KV_RETURN_IF_ERROR(MatMul(L.wv, h_.data(), n, v_.data()));
     }
     RowPass(n, [&](int i) {
       if (L.wqkv.data != nullptr) {
@@ -119,23 +154,23 @@ absl::Status LlamaModel::Forward(const Batch& b, kvcache::KvStore* kv, std::vect
     }
     attention_->Compute(*kv, l, q_.data(), b.seq_ids.data(), b.positions.data(), n, att_.data(),
                         pool_.get(), observe, b.mass_sink);
-    MatMul(L.wo, att_.data(), n, h_.data());
+    KV_RETURN_IF_ERROR(MatMul(L.wo, att_.data(), n, h_.data()));
     RowPass(n, [&](int i) {
       AddInPlace(&x_[i * E], &h_[i * E], E);
       RmsNorm(&x_[i * E], L.ffn_norm.data(), E, c.rms_eps, &h_[i * E]);
     });
     if (L.w_gate_up.data != nullptr) {
-      MatMul(L.w_gate_up, h_.data(), n, gate_up_.data());
+      KV_RETURN_IF_ERROR(MatMul(L.w_gate_up, h_.data(), n, gate_up_.data()));
       RowPass(n, [&](int i) {
         const float* row = &gate_up_[static_cast<size_t>(i) * 2 * F];
         SiluMul(row, row + F, F, &gate_[i * F]);
       });
     } else {
-      MatMul(L.w_gate, h_.data(), n, gate_.data());
-      MatMul(L.w_up, h_.data(), n, up_.data());
+      KV_RETURN_IF_ERROR(MatMul(L.w_gate, h_.data(), n, gate_.data()));
+      KV_RETURN_IF_ERROR(MatMul(L.w_up, h_.data(), n, up_.data()));
       RowPass(n, [&](int i) { SiluMul(&gate_[i * F], &up_[i * F], F, &gate_[i * F]); });
     }
-    MatMul(L.w_down, gate_.data(), n, h_.data());
+    KV_RETURN_IF_ERROR(MatMul(L.w_down, gate_.data(), n, h_.data()));
     RowPass(n, [&](int i) { AddInPlace(&x_[i * E], &h_[i * E], E); });
   }
 
@@ -149,7 +184,7 @@ absl::Status LlamaModel::Forward(const Batch& b, kvcache::KvStore* kv, std::vect
     ++r;
   }
   logits->resize(static_cast<size_t>(n_out) * c.n_vocab);
-  MatMul(weights_->output(), out_rows_.data(), n_out, logits->data());
+  KV_RETURN_IF_ERROR(MatMul(weights_->output(), out_rows_.data(), n_out, logits->data()));
   return absl::OkStatus();
 }
 

@@ -26,7 +26,9 @@ class ModelRunner {
   // logits: resized to [n_logit_rows, n_vocab], rows in batch order of the
   // rows with batch.logits[i] set.
   // InvalidArgument for malformed batches (token out of range, negative
-  // position, ragged vectors); the KV store is then untouched.
+  // position, ragged vectors); the KV store is then untouched. Any other
+  // error (a device failure) may leave the rows' K/V partly written: the
+  // caller must drop the batch's sequences.
   virtual absl::Status Forward(const Batch& batch, kvcache::KvStore* kv,
                                std::vector<float>* logits) = 0;
 };

@@ -60,7 +60,7 @@ TEST(ServerConfigTest, FlagsSetEveryOptionInEitherSpelling) {
            {"kv-policy", "h2o"},           {"kv_ratio", "0.25"},    {"kv-sink-blocks", "2"},
            {"kv-recent-tokens", "128"},    {"kv-alpha", "0.75"},    {"kv-ema-decay", "0.5"},
            {"kv-observation-window", "8"}, {"kv-beta", "0.25"},     {"kv-min-ratio", "0.0625"},
-           {"drain_timeout", "2.5"}}) {
+           {"drain_timeout", "2.5"},       {"device", "cuda:1"}}) {
     ASSERT_TRUE(b.Set(name, value).ok()) << name;
   }
   auto c = b.Build();
@@ -89,6 +89,7 @@ TEST(ServerConfigTest, FlagsSetEveryOptionInEitherSpelling) {
   EXPECT_EQ(c->engine.kv_compressor.beta, 0.25f);
   EXPECT_EQ(c->engine.kv_compressor.min_ratio, 0.0625);
   EXPECT_EQ(c->drain_timeout_s, 2.5);
+  EXPECT_EQ(c->device, "cuda:1");
 }
 
 TEST(ServerConfigTest, EveryOptionIsListedForHelp) {
@@ -100,7 +101,7 @@ TEST(ServerConfigTest, EveryOptionIsListedForHelp) {
   for (const char* expected :
        {"model", "model-name", "host", "port", "grpc-port", "threads", "log-level",
         "kv-cache-bytes", "max-running", "max-waiting", "max-batch-tokens", "max-context", "max-n",
-        "max-logprobs", "drain-timeout", "tenants"}) {
+        "max-logprobs", "drain-timeout", "tenants", "device"}) {
     EXPECT_THAT(names, ::testing::Contains(expected));
   }
 }
@@ -135,6 +136,8 @@ TEST(ServerConfigTest, RejectsEachBadFieldByName) {
       {"threads", "-1", "threads"},
       {"threads", "5000", "threads"},
       {"log-level", "loud", "log_level"},
+      {"device", "gpu", "device"},
+      {"device", "cuda:x", "device"},
       {"kv-cache-bytes", "0", "kv_cache_bytes"},
       {"max-running", "0", "max_running"},
       {"max-waiting", "0", "max_waiting"},

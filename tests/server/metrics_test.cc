@@ -59,7 +59,7 @@ TEST(MetricsTest, GaugesAndCountersComeFromEngineStats) {
   EXPECT_EQ(s["kvserve_generation_tokens_total"], 70);
   EXPECT_EQ(s["kvserve_requests_rejected_total"], 4);
   EXPECT_EQ(s["kvserve_engine_steps_total"], 8);
-  EXPECT_EQ(s["kvserve_model_info{model_name=\"smol\"}"], 1);
+  EXPECT_EQ(s["kvserve_model_info{device=\"cpu\",model_name=\"smol\"}"], 1);
   EXPECT_THAT(text, HasSubstr("# TYPE kvserve_requests_running gauge"));
   EXPECT_THAT(text, HasSubstr("# TYPE kvserve_preemptions_total counter"));
   EXPECT_THAT(text, HasSubstr("# HELP kvserve_kv_cache_usage_ratio "));

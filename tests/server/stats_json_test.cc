@@ -143,6 +143,18 @@ TEST(StatsJsonTest, KeysAreExactlyTheDocumentedOnes) {
                         "requests_submitted", "steps"}));
 }
 
+TEST(StatsJsonTest, DeviceIsReportedWhenKnown) {
+  EXPECT_FALSE(StatsJson(SampleStats(), SampleContext()).contains("device"));
+  StatsContext c = SampleContext();
+  c.device = "cuda";
+  c.device_description = "cuda:0 NVIDIA H200 (143771 MiB)";
+  c.device_memory_bytes = 270u << 20;
+  const json j = StatsJson(SampleStats(), c);
+  EXPECT_EQ(j["device"]["name"], "cuda");
+  EXPECT_EQ(j["device"]["description"], "cuda:0 NVIDIA H200 (143771 MiB)");
+  EXPECT_EQ(j["device"]["memory_bytes"], 270u << 20);
+}
+
 TEST(StatsJsonTest, EmptyCacheHasRatioOneAndNothingSaved) {
   engine::EngineStats s;
   s.kv_bytes_total = 4096;
