@@ -350,6 +350,9 @@ def test_gpu_overlay_requests_a_gpu_on_gpu_nodes():
     assert spec.get("nodeSelector"), "a GPU pod should be steered to GPU nodes"
     assert c["image"].startswith("kvserve:") and c["image"] != server_container("cpu")["image"]
     assert "nvidia.com/gpu" not in server_container("cpu")["resources"].get("limits", {})
+    # The GPU is used: the weight matmuls run there.
+    assert flag(c, "device") == "cuda"
+    assert flag(server_container("cpu"), "device") in (None, "cpu")
 
 
 # ---- objects that point at each other ---------------------------------------
