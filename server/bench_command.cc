@@ -36,8 +36,7 @@ int RunBench(const std::vector<std::string>& args) {
   if (!AllFlagsValid("bench", {threads.status(), P.status(), G.status(), B.status(), R.status(),
                                U.status(), seed.status()}))
     return 2;
-  auto m = model::LlamaModel::Load(cli.Get("model"), static_cast<int>(*threads),
-                                   cli.Get("device"));
+  auto m = model::LlamaModel::Load(cli.Get("model"), static_cast<int>(*threads), cli.Get("device"));
   if (!m.ok()) {
     std::fprintf(stderr, "kvserve bench: %s\n", std::string(m.status().message()).c_str());
     return 1;
@@ -90,9 +89,10 @@ int RunBench(const std::vector<std::string>& args) {
     if (cli.GetBool("json")) {
       std::printf(
           "{\"rep\":%d,\"batch\":%ld,\"prompt_tokens\":%ld,\"gen_tokens\":%ld,\"threads\":%d,"
-          "\"prefill_s\":%.6f,\"prefill_tok_s\":%.3f,\"decode_s\":%.6f,\"decode_tok_s\":%.3f}\n",
+          "\"device\":\"%s\",\"prefill_s\":%.6f,\"prefill_tok_s\":%.3f,\"decode_s\":%.6f,"
+          "\"decode_tok_s\":%.3f}\n",
           rep, static_cast<long>(*B), static_cast<long>(*P), static_cast<long>(*G),
-          (*m)->n_threads(), ps, ptps, ds, dtps);
+          (*m)->n_threads(), (*m)->backend().device(), ps, ptps, ds, dtps);
     } else {
       std::printf(
           "rep %d: prefill %ld x %ld tokens %.3f s (%.1f tok/s), decode %ld x %ld tokens "

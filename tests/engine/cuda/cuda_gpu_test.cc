@@ -13,6 +13,7 @@
 #include "gtest/gtest.h"
 #include "kvcache/contiguous_kv_cache.h"
 #include "tests/engine/cuda/weight_fixtures.h"
+#include "tests/engine/model/tiny_model.h"
 
 namespace kvserve::cuda {
 namespace {
@@ -49,24 +50,23 @@ INSTANTIATE_TEST_SUITE_P(AllMatMulTypes, CudaGpuTypesTest,
                                            GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kQ4_1),
                          [](const auto& info) { return std::string(gguf::TypeName(info.param)); });
 
-// Logits of a 96-token prefill of ordinary text's token ids (every row).
+// Logits of a 96-token prefill (every row).
 std::vector<float> Prefill(model::LlamaModel* m) {
   const model::ModelConfig& c = m->config();
   kvcache::ContiguousKvCache kv({c.n_layers, c.n_kv_head, c.head_dim});
   const int n = 96;
   EXPECT_TRUE(kv.AddSequence(0, n).ok());
   model::Batch b;
-  for (int i = 0; i < n; ++i) b.Add(1000 + (i * 37) % 5000, i, 0, true);
+  for (int i = 0; i < n; ++i) b.Add((1000 + i * 37) % c.n_vocab, i, 0, true);
   std::vector<float> logits;
   absl::Status s = m->Forward(b, &kv, &logits);
   EXPECT_TRUE(s.ok()) << s;
   return logits;
 }
 
-TEST(CudaGpuModelTest, RealModelLogitsMatchTheCpu) {
-  SKIP_WITHOUT_GPU();
-  const char* path = std::getenv("KVSERVE_MODEL");
-  if (path == nullptr || std::ifstream(path).fail()) GTEST_SKIP() << "KVSERVE_MODEL not set";
+// Compares the two models' logits of the same prefill: norm-relative error
+// below `max_err` and the same argmax in at least 90% of the rows.
+void ExpectSameLogits(const std::string& path, double max_err) {
   auto cpu = model::LlamaModel::Load(path, 0, "cpu");
   auto gpu = model::LlamaModel::Load(path, 0, "cuda");
   ASSERT_TRUE(cpu.ok()) << cpu.status();
@@ -91,8 +91,28 @@ TEST(CudaGpuModelTest, RealModelLogitsMatchTheCpu) {
   }
   // The CPU quantises activations to 8 bits, the GPU to f16: near ties may
   // flip, nothing more.
-  EXPECT_LT(std::sqrt(err / norm), 0.05);
+  EXPECT_LT(std::sqrt(err / norm), max_err);
   EXPECT_GE(same_top, rows * 9 / 10) << same_top << " of " << rows;
+}
+
+// Needs no model file, so it runs on a bare GPU machine.
+TEST(CudaGpuModelTest, TinyModelLogitsMatchTheCpu) {
+  SKIP_WITHOUT_GPU();
+  testing::TinyLlamaSpec spec;
+  spec.matrix_type = GgmlType::kQ4_1;
+  spec.n_vocab = 256;
+  spec.n_ctx = 256;
+  const std::string path = ::testing::TempDir() + "/cuda_gpu_tiny.gguf";
+  testing::TinyLlamaWeights w;
+  ASSERT_TRUE(testing::WriteTinyLlama(path, spec, &w).ok());
+  ExpectSameLogits(path, 0.03);
+}
+
+TEST(CudaGpuModelTest, RealModelLogitsMatchTheCpu) {
+  SKIP_WITHOUT_GPU();
+  const char* path = std::getenv("KVSERVE_MODEL");
+  if (path == nullptr || std::ifstream(path).fail()) GTEST_SKIP() << "KVSERVE_MODEL not set";
+  ExpectSameLogits(path, 0.05);
 }
 
 }  // namespace
