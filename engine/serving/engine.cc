@@ -14,6 +14,7 @@
 #include "common/check.h"
 #include "engine/model/model_runner.h"
 #include "engine/serving/logits_processing.h"
+#include "engine/serving/prefix_attacher.h"
 #include "engine/serving/request_state.h"
 #include "engine/serving/request_validation.h"
 #include "engine/serving/scheduler.h"
@@ -39,7 +40,8 @@ class EngineImpl {
         observer_(observer),
         kv_(std::move(kv)),
         compressor_(std::move(compressor)),
-        scheduler_(std::move(scheduler)) {
+        scheduler_(std::move(scheduler)),
+        prefix_(kv_.get(), config.prefix_cache) {
     PublishStats();
     thread_ = std::thread([this] { Loop(); });
   }
@@ -257,7 +259,7 @@ class EngineImpl {
       s->prompt_len = static_cast<int>(req.prompt.size());
       s->kv_spec = req.kv_compression.value_or(config_.kv_compression);
       s->prefill_chunk_tokens = req.prefill_chunk_tokens;
-      s->cache_salt = CacheSalt(req.tenant, s->kv_spec);
+      s->cache_salt = PrefixAttacher::Salt(req.tenant, s->kv_spec);
       model::SamplingParams sp;
       sp.temperature = req.sampling.temperature;
       sp.top_k = req.sampling.top_k;
@@ -328,7 +330,9 @@ class EngineImpl {
   }
 
   ScheduleLimits MakeLimits() {
-    ScheduleLimits limits{config_.max_batch_tokens, config_.max_running};
+    ScheduleLimits limits;
+    limits.max_batch_tokens = config_.max_batch_tokens;
+    limits.max_running = config_.max_running;
     std::vector<uint8_t> active(tenants_.size(), 0);
     for (const Sequence* s : running_) active[s->tenant] = 1;
     for (const Sequence* s : waiting_) active[s->tenant] = 1;
@@ -341,70 +345,6 @@ class EngineImpl {
                         active, static_cast<int64_t>(kv_->pool().bytes_per_block()),
                         /*credit=*/2.0 * config_.max_batch_tokens);
     return limits;
-  }
-
-  // Sharing scope of the prefix cache: the tenant (a client cannot choose
-  // another's) and the compression spec (blocks cached by one policy are
-  // compressed as that policy decides, so only its own requests share them).
-  static std::string CacheSalt(const std::string& tenant, const kvcache::KvCompressionSpec& spec) {
-    std::string salt = tenant;
-    salt.push_back('\0');
-    absl::StrAppend(&salt, spec.policy);
-    salt.push_back('\0');
-    absl::StrAppend(&salt, spec.ratio);
-    return salt;
-  }
-
-  // Gives waiting sequences that hold no KV yet the longest cached prefix of
-  // their prompt (all but its last token, whose logits are needed). Done
-  // before scheduling so the scheduler counts only what is left to compute
-  // and the attached blocks cannot be evicted in between. Those not admitted
-  // let go again after the step (DetachWaitingPrefixes): a waiting request
-  // must not pin cached blocks the running ones need. When a step could run
-  // nothing at all, the next one attaches nothing, so the head of the queue
-  // is admitted on free blocks even if cached prefixes fill the pool.
-  void AttachCachedPrefixes() {
-    if (!config_.prefix_cache) return;
-    if (attach_paused_) {
-      attach_paused_ = false;
-      return;
-    }
-    for (Sequence* s : waiting_) {
-      if (s->num_computed != 0 || kv_->HasSequence(s->id)) continue;
-      const std::span<const int32_t> prompt(s->tokens.data(), s->prompt_len);
-      const int matched = kv_->MatchPrefix(s->cache_salt, prompt, s->prompt_len - 1, &match_);
-      if (matched == 0) continue;
-      kv_->AttachPrefix(s->id, match_);
-      s->num_computed = matched;
-      s->cached_tokens = matched;
-      s->prefix_attached = true;
-    }
-  }
-
-  bool AnyWaitingPrefixAttached() const {
-    for (const Sequence* s : waiting_) {
-      if (s->prefix_attached) return true;
-    }
-    return false;
-  }
-
-  void DetachWaitingPrefixes() {
-    for (Sequence* s : waiting_) {
-      if (!s->prefix_attached) continue;
-      kv_->Free(s->id);
-      s->num_computed = 0;
-      s->cached_tokens = 0;
-      s->prefix_attached = false;
-    }
-  }
-
-  // Caches the prompt blocks s has computed (only full f16 blocks go in).
-  // Called before the compressor's assessment of the step, so a prompt is
-  // cached before it can be compressed.
-  void IndexComputedPrompt(const Sequence* s, int computed) {
-    if (!config_.prefix_cache) return;
-    const int n = std::min(computed, s->prompt_len);
-    kv_->IndexPrefix(s->id, s->cache_salt, std::span<const int32_t>(s->tokens.data(), n));
   }
 
   // Tenants whose KV budget stopped their sequences: compress their own
@@ -439,14 +379,14 @@ class EngineImpl {
 
   void Step() {
     if (running_.empty() && waiting_.empty()) return;
-    AttachCachedPrefixes();
+    prefix_.AttachWaiting(waiting_);
     ScheduleLimits limits = MakeLimits();
     SchedulerDecision d = scheduler_->Schedule(running_, waiting_, *kv_, limits);
-    if (!d.preempted.empty() && AnyWaitingPrefixAttached()) {
+    if (!d.preempted.empty() && prefix_.AnyAttached(waiting_)) {
       // Running sequences come before waiting ones: the cached blocks the
       // waiting ones pinned for their admission go back first, and this
       // step admits no one.
-      DetachWaitingPrefixes();
+      prefix_.DetachWaiting(waiting_);
       limits = MakeLimits();
       limits.admit = false;
       d = scheduler_->Schedule(running_, waiting_, *kv_, limits);
@@ -485,11 +425,7 @@ class EngineImpl {
       waiting_.erase(std::find(waiting_.begin(), waiting_.end(), s));
       running_.push_back(s);
       s->running = true;
-      if (s->prefix_attached) {
-        s->prefix_attached = false;
-        prefix_hit_tokens_ += s->cached_tokens;
-        tenants_.counters(s->tenant).cached_prompt_tokens += s->cached_tokens;
-      }
+      tenants_.counters(s->tenant).cached_prompt_tokens += prefix_.Keep(s);
       if (!s->first_scheduled) {
         s->first_scheduled = Clock::now();
         if (s->choice == 0) {
@@ -499,8 +435,8 @@ class EngineImpl {
         }
       }
     }
-    DetachWaitingPrefixes();
-    if (d.empty() && running_.empty()) attach_paused_ = true;
+    prefix_.DetachWaiting(waiting_);
+    if (d.empty() && running_.empty()) prefix_.SkipNextAttach();
     if (d.empty()) {
       // Nothing fits this step (cannot persist: with nothing running, and no
       // cached prefix attached in the next step, every block is free or
@@ -554,7 +490,7 @@ class EngineImpl {
     }
     for (const ScheduledChunk& ch : d.chunks) {
       if (ch.seq->num_computed < ch.seq->prompt_len) {
-        IndexComputedPrompt(ch.seq, ch.seq->num_computed + ch.n_tokens);
+        prefix_.IndexComputedPrompt(ch.seq, ch.seq->num_computed + ch.n_tokens);
       }
     }
     compressor_->EndStep(ran_);
@@ -726,7 +662,7 @@ class EngineImpl {
     st.kv_reclaim_rounds = cc.reclaim_rounds;
     st.kv_policy_seconds = cc.policy_seconds;
     st.prefix_cache_blocks = kv_->prefix_cache().n_indexed();
-    st.prefix_cache_hit_tokens = prefix_hit_tokens_;
+    st.prefix_cache_hit_tokens = prefix_.hit_tokens();
     st.preemptions = preemptions_;
     st.prompt_tokens = prompt_tokens_;
     st.generation_tokens = generation_tokens_;
@@ -820,9 +756,7 @@ class EngineImpl {
   TenantBook tenants_;
   std::vector<kvcache::KvTier> tiers_scratch_;
   absl::flat_hash_set<const RequestState*> running_requests_scratch_;  // CountQueued's
-  std::vector<int32_t> match_;     // AttachCachedPrefixes' scratch
-  int64_t prefix_hit_tokens_ = 0;  // prompt tokens admitted from the prefix cache
-  bool attach_paused_ = false;     // see AttachCachedPrefixes
+  PrefixAttacher prefix_;                                              // over *kv_
 
   // Shared with front-end threads.
   mutable std::mutex mu_;

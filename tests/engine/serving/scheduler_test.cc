@@ -12,6 +12,13 @@
 namespace kvserve::engine {
 namespace {
 
+ScheduleLimits Limits(int max_batch_tokens, int max_running) {
+  ScheduleLimits l;
+  l.max_batch_tokens = max_batch_tokens;
+  l.max_running = max_running;
+  return l;
+}
+
 constexpr int kBlockTokens = 16;
 
 class SchedulerTest : public ::testing::Test {
@@ -87,7 +94,7 @@ TEST_F(SchedulerTest, DecodesFirstThenAdmissionsInOrderWithinTheTokenBudget) {
     Sequence* d = Decoding(32);
     Sequence* a = Waiting(100);
     Sequence* b = Waiting(100);
-    SchedulerDecision dec = Run(policy, ScheduleLimits{150, 8});
+    SchedulerDecision dec = Run(policy, Limits(150, 8));
     EXPECT_EQ(TokensOf(dec, d), 1);
     EXPECT_EQ(TokensOf(dec, a), 100);
     EXPECT_EQ(TokensOf(dec, b), 49);  // the rest of the budget: a chunk
@@ -100,7 +107,7 @@ TEST_F(SchedulerTest, PoolShortageStopsAdmissionsWithoutJumpingTheQueue) {
   MakeCache(8);
   Sequence* big = Waiting(200);   // 13 blocks: never fits now
   Sequence* small = Waiting(16);  // would fit, but must not overtake
-  SchedulerDecision d = Run("fcfs", ScheduleLimits{512, 8});
+  SchedulerDecision d = Run("fcfs", Limits(512, 8));
   EXPECT_TRUE(d.empty());
   EXPECT_EQ(TokensOf(d, big) + TokensOf(d, small), 0);
 }
@@ -110,7 +117,7 @@ TEST_F(SchedulerTest, MaxConcurrentCapsOnlyItsOwnTenant) {
     SCOPED_TRACE(policy);
     seqs_.clear(), running_.clear(), waiting_.clear();
     MakeCache(64);
-    ScheduleLimits limits{512, 16};
+    ScheduleLimits limits = Limits(512, 16);
     limits.tenants.resize(3);
     limits.tenants[1].max_concurrent = 2;
     Decoding(16, 1);
@@ -126,7 +133,7 @@ TEST_F(SchedulerTest, MaxConcurrentCapsOnlyItsOwnTenant) {
 
 TEST_F(SchedulerTest, KvBudgetHoldsAdmissionsAndPreemptsOnlyTheTenantsOwn) {
   MakeCache(64);
-  ScheduleLimits limits{512, 16};
+  ScheduleLimits limits = Limits(512, 16);
   limits.tenants.resize(3);
   // Tenant 1 may add 1 more block; its two running sequences each need a
   // new block for their next token (both are at a block boundary).
@@ -159,7 +166,7 @@ TEST_F(SchedulerTest, KvBudgetHoldsAdmissionsAndPreemptsOnlyTheTenantsOwn) {
 
 TEST_F(SchedulerTest, FairGivesTheBudgetToTheTenantWithLessServiceFirst) {
   MakeCache(256);
-  ScheduleLimits limits{512, 16};
+  ScheduleLimits limits = Limits(512, 16);
   limits.tenants.resize(3);
   limits.tenants[1].vtime = 10000;  // has been served a lot (a flood)
   limits.tenants[2].vtime = 0;      // a light tenant
@@ -198,7 +205,7 @@ TEST_F(SchedulerTest, APoolBlockedTenantDoesNotHoldBackOthersRunningPrefills) {
     SCOPED_TRACE(policy);
     seqs_.clear(), running_.clear(), waiting_.clear();
     MakeCache(16);
-    ScheduleLimits limits{128, 16};
+    ScheduleLimits limits = Limits(128, 16);
     limits.tenants.resize(3);
     limits.tenants[1].vtime = 0;
     limits.tenants[2].vtime = 5000;
@@ -220,7 +227,7 @@ TEST_F(SchedulerTest, APoolBlockedTenantDoesNotHoldBackOthersRunningPrefills) {
 
 TEST_F(SchedulerTest, FairAlternatesByWeightWithinAStep) {
   MakeCache(256);
-  ScheduleLimits limits{96, 16};
+  ScheduleLimits limits = Limits(96, 16);
   limits.tenants.resize(3);
   limits.tenants[1].weight = 1;
   limits.tenants[2].weight = 3;
