@@ -6,6 +6,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/support/temp_dir.h"
 
 namespace kvserve::config {
 namespace {
@@ -16,7 +17,7 @@ using ::testing::StartsWith;
 // A readable stand-in for the model file, named like one.
 std::string FakeModel() {
   static const std::string path = [] {
-    std::string p = ::testing::TempDir() + "/Tiny-Model.Q4_1.gguf";
+    std::string p = kvserve::testing::ProcessTempDir() + "/Tiny-Model.Q4_1.gguf";
     std::ofstream(p) << "not really a model";
     return p;
   }();
@@ -208,7 +209,7 @@ TEST(ServerConfigTest, EmptyModelNameFallsBackToTheFileStem) {
 }
 
 TEST(ServerConfigTest, JsonFileThenFlagsOverride) {
-  const std::string path = ::testing::TempDir() + "/kvserve_config_test.json";
+  const std::string path = kvserve::testing::ProcessTempDir() + "/kvserve_config_test.json";
   std::ofstream(path) << R"({"model": ")" << FakeModel() << R"(", "port": 9100,
       "kv_cache_bytes": "512MiB", "max-running": 4, "model_name": "from-file",
       "max_context": 2048.0, "kv_policy": "h2o", "kv_ratio": 0.25,

@@ -9,6 +9,7 @@
 #include "absl/strings/match.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/support/temp_dir.h"
 
 namespace kvserve::config {
 namespace {
@@ -240,7 +241,7 @@ TEST(TenantsConfigTest, EveryValidationErrorNamesTheTenantAndField) {
 }
 
 TEST(TenantsConfigTest, LoadReadsTheFileAndNamesItInErrors) {
-  const std::string path = ::testing::TempDir() + "/kvserve_tenants_test.json";
+  const std::string path = kvserve::testing::ProcessTempDir() + "/kvserve_tenants_test.json";
   std::ofstream(path) << TwoTenants();
   auto c = TenantsConfig::Load(path);
   ASSERT_TRUE(c.ok()) << c.status();

@@ -20,6 +20,7 @@
 #include "kvserve/v1/inference.grpc.pb.h"
 #include "server/tenant_registry.h"
 #include "tests/engine/model/tiny_serving_model.h"
+#include "tests/support/temp_dir.h"
 
 namespace kvserve::server {
 namespace {
@@ -329,7 +330,7 @@ TEST_F(GrpcServerTest, HealthIsServingForTheServerAndTheService) {
 // "acme" (key-a) and "beta" (key-b).
 TEST_F(GrpcServerTest, WithTenantsEveryInferenceMethodNeedsAKey) {
   server_->Shutdown();
-  const std::string path = ::testing::TempDir() + "/grpc_server_test_tenants.json";
+  const std::string path = kvserve::testing::ProcessTempDir() + "/grpc_server_test_tenants.json";
   std::ofstream(path, std::ios::trunc)
       << R"({"tenants": [{"id": "acme", "api_keys": [")"
       << config::FormatKeyHash(config::HashApiKey("key-a"))

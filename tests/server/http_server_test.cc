@@ -25,6 +25,7 @@
 #include "nlohmann/json.hpp"
 #include "server/tenant_registry.h"
 #include "tests/engine/model/tiny_serving_model.h"
+#include "tests/support/temp_dir.h"
 
 namespace kvserve::server {
 namespace {
@@ -55,7 +56,8 @@ class HttpServerTest : public ::testing::Test {
     ASSERT_TRUE(e.ok()) << e.status();
     engine_ = std::move(*e);
     if (!tenants_json_.empty()) {
-      const std::string path = ::testing::TempDir() + "/http_server_test_tenants.json";
+      const std::string path =
+          kvserve::testing::ProcessTempDir() + "/http_server_test_tenants.json";
       std::ofstream(path, std::ios::trunc) << tenants_json_;
       auto t = TenantRegistry::Load(path, engine_.get());
       ASSERT_TRUE(t.ok()) << t.status();

@@ -10,6 +10,7 @@
 #include "absl/strings/escaping.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/support/temp_dir.h"
 
 namespace kvserve::server {
 namespace {
@@ -37,7 +38,7 @@ std::string TenantsJson(const std::vector<std::pair<std::string, std::vector<std
 class TenantRegistryTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    path_ = ::testing::TempDir() + "/tenant_registry_test_" +
+    path_ = kvserve::testing::ProcessTempDir() + "/tenant_registry_test_" +
             ::testing::UnitTest::GetInstance()->current_test_info()->name() + ".json";
     Write(TenantsJson({{"acme", {"key-a"}}, {"beta", {"key-b1", "key-b2"}}}));
     auto r = TenantRegistry::Load(path_, /*engine=*/nullptr);

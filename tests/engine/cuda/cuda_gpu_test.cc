@@ -14,6 +14,7 @@
 #include "kvcache/contiguous_kv_cache.h"
 #include "tests/engine/cuda/weight_fixtures.h"
 #include "tests/engine/model/tiny_model.h"
+#include "tests/support/temp_dir.h"
 
 namespace kvserve::cuda {
 namespace {
@@ -102,7 +103,7 @@ TEST(CudaGpuModelTest, TinyModelLogitsMatchTheCpu) {
   spec.matrix_type = GgmlType::kQ4_1;
   spec.n_vocab = 256;
   spec.n_ctx = 256;
-  const std::string path = ::testing::TempDir() + "/cuda_gpu_tiny.gguf";
+  const std::string path = kvserve::testing::ProcessTempDir() + "/cuda_gpu_tiny.gguf";
   testing::TinyLlamaWeights w;
   ASSERT_TRUE(testing::WriteTinyLlama(path, spec, &w).ok());
   ExpectSameLogits(path, 0.03);

@@ -14,6 +14,7 @@
 #include "gtest/gtest.h"
 #include "kvcache/contiguous_kv_cache.h"
 #include "tests/engine/model/tiny_model.h"
+#include "tests/support/temp_dir.h"
 
 namespace kvserve::model {
 namespace {
@@ -32,7 +33,7 @@ std::string TinyModel(gguf::GgmlType type, const std::string& name) {
   spec.matrix_type = type;
   spec.n_embd = 64;
   spec.n_ff = 96;
-  const std::string path = ::testing::TempDir() + "/" + name + ".gguf";
+  const std::string path = kvserve::testing::ProcessTempDir() + "/" + name + ".gguf";
   testing::TinyLlamaWeights w;
   absl::Status s = testing::WriteTinyLlama(path, spec, &w);
   EXPECT_TRUE(s.ok()) << s;
@@ -119,7 +120,7 @@ TEST(CudaModuleTest, MissingModuleIsUnimplementedAndNamesThePath) {
 }
 
 TEST(CudaModuleTest, AFileThatIsNotAModuleIsAFailedPrecondition) {
-  const std::string path = ::testing::TempDir() + "/not_a_module.so";
+  const std::string path = kvserve::testing::ProcessTempDir() + "/not_a_module.so";
   std::ofstream(path) << "not an ELF file\n";
   ModuleOverride use(path);
   auto b = MakeMatMulBackend("cuda:0", nullptr);

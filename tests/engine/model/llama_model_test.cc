@@ -9,6 +9,7 @@
 #include "gtest/gtest.h"
 #include "kvcache/contiguous_kv_cache.h"
 #include "tests/engine/model/tiny_model.h"
+#include "tests/support/temp_dir.h"
 
 namespace kvserve::model {
 namespace {
@@ -22,9 +23,7 @@ using testing::TinyLlamaWeights;
 std::vector<double> NaiveForward(const TinyLlamaSpec& s, const TinyLlamaWeights& w,
                                  const std::vector<int32_t>& toks) {
   const int E = s.n_embd, H = s.n_head, KH = s.n_kv_head, hd = E / H, F = s.n_ff, n = toks.size();
-  auto T = [&](const std::string& name) -> const std::vector<float>& {
-    return w.tensors.at(name);
-  };
+  auto T = [&](const std::string& name) -> const std::vector<float>& { return w.tensors.at(name); };
   // y = W x, W [rows][cols].
   auto matvec = [](const std::vector<float>& W, const std::vector<double>& x, int rows) {
     const int cols = x.size();
@@ -52,7 +51,9 @@ std::vector<double> NaiveForward(const TinyLlamaSpec& s, const TinyLlamaWeights&
         b = a0 * std::sin(th) + b0 * std::cos(th);
       }
   };
-  auto f16 = [](double x) { return static_cast<double>(Fp16ToFp32(Fp32ToFp16(static_cast<float>(x)))); };
+  auto f16 = [](double x) {
+    return static_cast<double>(Fp16ToFp32(Fp32ToFp16(static_cast<float>(x))));
+  };
   std::vector<std::vector<double>> x(n);
   for (int i = 0; i < n; ++i) {
     x[i].assign(T("token_embd.weight").begin() + size_t(toks[i]) * E,
@@ -124,7 +125,7 @@ struct Loaded {
 Loaded Load(TinyLlamaSpec spec, int threads, const std::string& name) {
   Loaded l;
   l.spec = spec;
-  const std::string path = ::testing::TempDir() + "/" + name + ".gguf";
+  const std::string path = kvserve::testing::ProcessTempDir() + "/" + name + ".gguf";
   absl::Status st = testing::WriteTinyLlama(path, spec, &l.weights);
   EXPECT_TRUE(st.ok()) << st;
   auto m = LlamaModel::Load(path, threads);

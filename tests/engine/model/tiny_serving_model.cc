@@ -6,6 +6,7 @@
 
 #include "gtest/gtest.h"
 #include "tests/engine/model/tiny_model.h"
+#include "tests/support/temp_dir.h"
 
 namespace kvserve::testing {
 
@@ -20,8 +21,7 @@ absl::StatusOr<TinyServingModel> LoadTinyServingModel(const std::string& name, i
   spec.n_ctx = n_ctx;
   spec.matrix_type = gguf::GgmlType::kQ8_0;
   TinyLlamaWeights w;
-  const std::string path =
-      ::testing::TempDir() + "/" + name + "_" + std::to_string(getpid()) + ".gguf";
+  const std::string path = kvserve::testing::ProcessTempDir() + "/" + name + ".gguf";
   if (auto s = WriteTinyLlama(path, spec, &w); !s.ok()) return s;
   TinyServingModel out;
   auto m = model::LlamaModel::Load(path, 2);

@@ -16,6 +16,7 @@
 #include "kvcache/block_pool.h"
 #include "kvcache/contiguous_kv_cache.h"
 #include "tests/engine/model/tiny_model.h"
+#include "tests/support/temp_dir.h"
 
 namespace kvserve::engine {
 namespace {
@@ -28,7 +29,7 @@ class EngineTest : public ::testing::Test {
     spec.n_ctx = 512;
     spec.matrix_type = gguf::GgmlType::kQ8_0;
     testing::TinyLlamaWeights w;
-    path_ = ::testing::TempDir() + "/engine_tiny.gguf";
+    path_ = kvserve::testing::ProcessTempDir() + "/engine_tiny.gguf";
     ASSERT_TRUE(testing::WriteTinyLlama(path_, spec, &w).ok());
     auto m = model::LlamaModel::Load(path_, 2);
     ASSERT_TRUE(m.ok()) << m.status();
