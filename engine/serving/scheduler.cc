@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <limits>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -26,6 +27,12 @@ int ChunkSize(const Sequence& s, int budget) {
   return n;
 }
 
+// Whether s keeps its whole prompt in f16: its prompt's blocks are then all
+// needed by the time its first token comes out. A sequence with a policy
+// does not, even at ratio 1: under pressure the compressor shrinks it rather
+// than preempting anyone.
+bool KeepsWholePrompt(const Sequence& s) { return s.kv_spec.policy == "none"; }
+
 // One call's working state. Both policies share it: they differ only in the
 // order in which prefill chunks and admissions are handed out.
 class Planner {
@@ -48,7 +55,12 @@ class Planner {
     for (size_t t = 0; t < limits.tenants.size(); ++t) {
       if (limits.tenants[t].budget_blocks >= 0) tenant_blocks_[t] = limits.tenants[t].budget_blocks;
     }
-    for (Sequence* s : live_) running_requests_[TenantOf(s)].insert(s->request);
+    for (Sequence* s : live_) {
+      running_requests_[TenantOf(s)].insert(s->request);
+      if (KeepsWholePrompt(*s) && s->num_computed < s->prompt_len) {
+        Owe(s, kv.BlocksNeeded(s->id, s->prompt_len));
+      }
+    }
   }
 
   // Pass 1: every running sequence's decode token.
@@ -217,13 +229,31 @@ class Planner {
       pool_blocked_ = true;  // no jumping the queue for the pool
       return;
     }
+    // Admissions leave the running prompts the blocks they still need, and
+    // an uncompressed prompt is admitted only when all of it fits besides:
+    // admitted on its first chunk alone, prompts that cannot all fit would
+    // take turns preempting one another and recomputing their prefill. With
+    // nothing running it is admitted anyway (it must start somewhere; it may
+    // then preempt itself).
+    const int whole =
+        KeepsWholePrompt(*s) ? std::max(need, kv_.BlocksNeeded(s->id, s->prompt_len)) : need;
+    if (whole + owed_total_ > free_blocks_ && n_running() > 0) {
+      pool_blocked_ = true;
+      return;
+    }
     taken_.insert(s);
     Commit(s, n, need);
+    if (whole > need) Owe(s, whole - need);
     reqs.insert(s->request);
     d_.admitted.push_back(s);
   }
 
   void Commit(Sequence* s, int n, int need) {
+    if (auto it = owed_.find(s); it != owed_.end()) {
+      const int paid = std::min(need, it->second);
+      it->second -= paid;
+      owed_total_ -= paid;
+    }
     free_blocks_ -= need;
     tenant_blocks_[TenantOf(s)] -= need;
     budget_ -= n;
@@ -271,6 +301,17 @@ class Planner {
     if (tb != std::numeric_limits<int64_t>::max()) tb += blocks;
     d_.preempted.push_back(s);
     live_[v] = nullptr;
+    if (auto it = owed_.find(s); it != owed_.end()) {
+      owed_total_ -= it->second;
+      owed_.erase(it);
+    }
+  }
+
+  // Blocks s's prompt still needs beyond this step's chunks: admissions
+  // leave room for them.
+  void Owe(const Sequence* s, int blocks) {
+    owed_[s] += blocks;
+    owed_total_ += blocks;
   }
 
   const kvcache::PagedKvCache& kv_;
@@ -286,6 +327,8 @@ class Planner {
   std::vector<uint8_t> admit_blocked_;          // [tenant] its own limit stops its admissions
   absl::flat_hash_set<const Sequence*> taken_;  // admitted this step
   bool pool_blocked_ = false;
+  absl::flat_hash_map<const Sequence*, int> owed_;  // see Owe
+  int64_t owed_total_ = 0;
   int focus_ = kNone;  // FocusIfFinishingBehind's tenant, once set
   std::vector<int> over_budget_;
   SchedulerDecision d_;

@@ -633,11 +633,13 @@ TEST_F(EngineTest, UnderPressureCompressionComesBeforePreemption) {
     cfg.kv_compressor.policy.recent_tokens = 16;
     auto e = MakeEngine(cfg);
     std::vector<std::shared_ptr<RequestHandle>> hs;
-    for (int i = 0; i < 6; ++i) hs.push_back(*e->Submit(Greedy(Prompt(90, i), 30)));
+    // Prompts of 3 blocks that grow to 7: the scheduler admits on the
+    // prompts' room, so the pool runs short while the sequences decode.
+    for (int i = 0; i < 6; ++i) hs.push_back(*e->Submit(Greedy(Prompt(40, i), 60)));
     for (auto& h : hs) {
       Collected c = Drain(*h, 1);
       EXPECT_EQ(c.finish[0], FinishReason::kLength);
-      EXPECT_EQ(c.tokens[0].size(), 30u);
+      EXPECT_EQ(c.tokens[0].size(), 60u);
     }
     WaitIdle(*e);
     EXPECT_EQ(e->Stats().kv_blocks_free, e->Stats().kv_blocks_total);

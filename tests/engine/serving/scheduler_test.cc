@@ -112,6 +112,62 @@ TEST_F(SchedulerTest, PoolShortageStopsAdmissionsWithoutJumpingTheQueue) {
   EXPECT_EQ(TokensOf(d, big) + TokensOf(d, small), 0);
 }
 
+TEST_F(SchedulerTest, AdmissionsLeaveRunningPromptsTheBlocksTheyStillNeed) {
+  for (const int n_blocks : {9, 10}) {
+    SCOPED_TRACE(n_blocks);
+    seqs_.clear(), running_.clear(), waiting_.clear();
+    MakeCache(n_blocks);
+    // a: 6 blocks of prompt, 1 computed, 1 more this step, 4 still owed.
+    Sequence* a = Waiting(96);
+    waiting_.pop_back();
+    a->num_computed = 16;
+    a->prefill_chunk_tokens = 16;
+    a->running = true;
+    ASSERT_TRUE(kv_->Reserve(a->id, 16));
+    running_.push_back(a);
+    Sequence* b = Waiting(64);  // 4 blocks, one chunk
+    SchedulerDecision d = Run("fcfs", Limits(512, 8));
+    EXPECT_EQ(TokensOf(d, a), 16);
+    if (n_blocks == 9) {
+      // 7 free after a's chunk; b's 4 and a's 4 owed do not both fit:
+      // admitting b would have a preempt it (or itself) within a few steps.
+      EXPECT_TRUE(d.admitted.empty());
+    } else {
+      EXPECT_EQ(d.admitted, (std::vector<Sequence*>{b}));
+      EXPECT_EQ(TokensOf(d, b), 64);
+    }
+    EXPECT_TRUE(d.preempted.empty());
+  }
+}
+
+TEST_F(SchedulerTest, ACompressedPromptIsAdmittedOnItsFirstChunk) {
+  MakeCache(9);
+  Sequence* a = Waiting(96);
+  waiting_.pop_back();
+  a->num_computed = 16;
+  a->prefill_chunk_tokens = 16;
+  a->running = true;
+  ASSERT_TRUE(kv_->Reserve(a->id, 16));
+  running_.push_back(a);
+  // Compressed between chunks, b never holds its whole prompt in f16: only
+  // its chunk (and a's owed blocks) must fit.
+  Sequence* b = Waiting(64);
+  b->kv_spec = {"attention-guided", 0.25};
+  b->prefill_chunk_tokens = 16;
+  SchedulerDecision d = Run("fcfs", Limits(512, 8));
+  EXPECT_EQ(d.admitted, (std::vector<Sequence*>{b}));
+  EXPECT_EQ(TokensOf(d, b), 16);
+}
+
+TEST_F(SchedulerTest, APromptAloneIsAdmittedEvenIfNotAllOfItFits) {
+  MakeCache(4);
+  Sequence* s = Waiting(128);  // 8 blocks; its 2-block chunk fits
+  s->prefill_chunk_tokens = 32;
+  SchedulerDecision d = Run("fcfs", Limits(512, 8));
+  EXPECT_EQ(d.admitted, (std::vector<Sequence*>{s}));
+  EXPECT_EQ(TokensOf(d, s), 32);
+}
+
 TEST_F(SchedulerTest, MaxConcurrentCapsOnlyItsOwnTenant) {
   for (const std::string policy : {"fcfs", "fair"}) {
     SCOPED_TRACE(policy);
