@@ -13,7 +13,8 @@ A batch of N *holds* when
     sequence lost its KV blocks: the pool could not keep N sessions alive), and
   * all N sessions were streaming at the same moment: the latest first token came
     before the earliest last token (client clocks). kvserve's scheduler admits a
-    request only when the pool has blocks for its next prefill chunk, so a pool that is
+    request only when the pool has blocks for its next prefill chunk (for an
+    uncompressed one, for its whole prompt), so a pool that is
     too small often makes the extra session *wait* for another to finish rather than
     preempt anyone; without this check a queue would pass for capacity.
 
