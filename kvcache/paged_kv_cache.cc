@@ -147,7 +147,7 @@ bool PagedKvCache::Compress(int seq, int layer, int block, KvTier to) {
   const int bt = block_tokens();
   const int n_valid = std::min(bt, s.length - block * bt);
   KV_CHECK_MSG(n_valid >= 1, "compress of a block holding no written position");
-  return pool_->Compress(s.blocks[block], layer, to, n_valid);
+  return CompressEvicting(s.blocks[block], layer, to, n_valid);
 }
 
 bool PagedKvCache::CompressShared(int seq, int layer, int block, KvTier to) {
@@ -161,7 +161,18 @@ bool PagedKvCache::CompressShared(int seq, int layer, int block, KvTier to) {
   // into a shared block copies it first. So no holder will write it again.
   KV_CHECK_MSG(s.length >= (block + 1) * block_tokens(),
                "only a full block may be compressed while shared");
-  return pool_->Compress(id, layer, to, block_tokens());
+  return CompressEvicting(id, layer, to, block_tokens());
+}
+
+bool PagedKvCache::CompressEvicting(int32_t id, int layer, KvTier to, int n_valid) {
+  // The quantized copy may need a new slab, which a full pool can only get
+  // from the unused indexed blocks: free for the taking here as for Reserve.
+  // Without this, compression under pressure was refused while the cache
+  // held blocks nobody used. The block itself is held, so never evicted.
+  while (!pool_->Compress(id, layer, to, n_valid)) {
+    if (index_.EvictUnused(1) == 0) return false;
+  }
+  return true;
 }
 
 std::optional<int32_t> PagedKvCache::AllocateBlock() {

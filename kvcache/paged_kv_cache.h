@@ -170,8 +170,9 @@ class PagedKvCache : public KvStore {
   // blocks it held last stay, evictable.
   void Free(int seq);
   // Moves layer `layer` of seq's private block `block` down to tier `to`
-  // (> its current tier). Returns false, changing nothing, when the pool
-  // has no room for the smaller unit (only possible when it is full).
+  // (> its current tier), evicting unused indexed blocks (LRU) when the pool
+  // is full. Returns false, changing nothing else, when the pool has no room
+  // for the smaller unit even then.
   bool Compress(int seq, int layer, int block, KvTier to);
   // As Compress, for a full (block_tokens positions written), unindexed
   // block that may be shared: it changes for every sequence holding it.
@@ -230,6 +231,8 @@ class PagedKvCache : public KvStore {
   // A block from the pool, evicting one unused indexed block if none is
   // free; nullopt if neither works.
   std::optional<int32_t> AllocateBlock();
+  // pool_->Compress, evicting unused indexed blocks while it lacks room.
+  bool CompressEvicting(int32_t id, int layer, KvTier to, int n_valid);
   // Drops one reference of a block a table named and keeps the index's
   // LRU state in step.
   void ReleaseBlock(int32_t id);

@@ -350,6 +350,26 @@ TEST(PrefixCacheTest, ReserveEvictsUnusedBlocksOnlyAsNeededAndAllOrNothing) {
   ExpectInvariants(*kv);
 }
 
+TEST(PrefixCacheTest, CompressingInAFullPoolEvictsUnusedCachedBlocks) {
+  auto kv = MakeCache(8);
+  Prefill(kv.get(), 1, "s", Tokens(96, 0));  // 6 blocks, indexed
+  kv->Free(1);
+  ASSERT_TRUE(kv->Reserve(2, 32));  // the 2 free blocks
+  WriteKv(kv.get(), 2, "t", Tokens(32, 1), 0, 32);
+  ASSERT_EQ(kv->pool().n_free(), 0);
+  ASSERT_EQ(kv->n_evictable(), 6);
+  // A quantized copy needs room the full pool lacks; the unused cached
+  // blocks are that room (as they are for Reserve), so compression under
+  // pressure is not refused while the cache holds blocks nobody uses.
+  for (int l = 0; l < kShape.n_layers; ++l) {
+    EXPECT_TRUE(kv->Compress(2, l, 0, KvTier::kInt4)) << l;
+    EXPECT_TRUE(kv->Compress(2, l, 1, KvTier::kInt2)) << l;
+  }
+  EXPECT_LT(kv->n_evictable(), 6);
+  EXPECT_GT(kv->prefix_cache().counters().evicted_blocks, 0);
+  ExpectInvariants(*kv);
+}
+
 TEST(PrefixCacheTest, UnindexTakesTheRestOfTheChainAndFreesWhatNobodyHolds) {
   auto kv = MakeCache(8);
   const std::vector<int32_t> doc = Tokens(64, 0);
