@@ -4,6 +4,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -151,6 +152,7 @@ class CudaMatMulBackend : public kernels::MatMulBackend {
     }
     weight_bytes_ += m.data.bytes();
     weights_.emplace(w.data, std::move(m));
+    PublishBytes();
     return absl::OkStatus();
   }
 
@@ -170,8 +172,10 @@ class CudaMatMulBackend : public kernels::MatMulBackend {
     const size_t n_y = static_cast<size_t>(m) * static_cast<size_t>(W.n_out);
     x_half_.resize(n_x);
     Fp32ToFp16Saturated(x, x_half_.data(), static_cast<int64_t>(n_x));
-    if (!(s = x_dev_.Reserve(n_x * sizeof(uint16_t))).ok()) return s;
-    if (!(s = y_dev_.Reserve(n_y * sizeof(float))).ok()) return s;
+    s = x_dev_.Reserve(n_x * sizeof(uint16_t));
+    if (s.ok()) s = y_dev_.Reserve(n_y * sizeof(float));
+    PublishBytes();  // a failed Reserve released the old buffer
+    if (!s.ok()) return s;
     s = FromCuda(
         cudaMemcpy(x_dev_.get(), x_half_.data(), n_x * sizeof(uint16_t), cudaMemcpyHostToDevice),
         "activation upload");
@@ -194,17 +198,22 @@ class CudaMatMulBackend : public kernels::MatMulBackend {
                     "result download");
   }
 
-  uint64_t device_bytes() const override { return weight_bytes_ + x_dev_.bytes() + y_dev_.bytes(); }
+  uint64_t device_bytes() const override { return device_bytes_.load(std::memory_order_relaxed); }
 
  private:
+  void PublishBytes() {
+    device_bytes_.store(weight_bytes_ + x_dev_.bytes() + y_dev_.bytes(), std::memory_order_relaxed);
+  }
+
   int ordinal_;
   cublasHandle_t handle_;  // owned; destroyed with the backend
   std::string name_;
   size_t total_bytes_;
   absl::flat_hash_map<const uint8_t*, DeviceMatrix> weights_;  // by WeightView::data
   uint64_t weight_bytes_ = 0;
-  DeviceBuffer x_dev_;  // [m, n_in] f16
-  DeviceBuffer y_dev_;  // [m, n_out] f32
+  std::atomic<uint64_t> device_bytes_{0};  // what device_bytes() reports
+  DeviceBuffer x_dev_;                     // [m, n_in] f16
+  DeviceBuffer y_dev_;                     // [m, n_out] f32
   std::vector<uint16_t> x_half_;
 };
 

@@ -18,8 +18,9 @@
 // beyond it fails Prepare (the model then needs the CPU backend). Not
 // row-invariant (see matmul_backend.h).
 //
-// Thread-safety: as MatMulBackend. MatMul may run on another thread than
-// the one that created the backend (it selects its device each call).
+// Thread-safety: as MatMulBackend (device_bytes() is an atomic snapshot).
+// MatMul may run on another thread than the one that created the backend
+// (it selects its device each call).
 #pragma once
 
 #include <memory>

@@ -14,7 +14,9 @@
 // algorithm for another m, so a row's logits may differ in the last bits
 // with the batch around it.
 //
-// Thread-safety: one thread at a time (the engine thread); not reentrant.
+// Thread-safety: Prepare and MatMul from one thread at a time (the engine
+// thread); not reentrant. device(), Describe() and device_bytes() are safe
+// from any thread (the stats endpoint reads them while the engine runs).
 #pragma once
 
 #include <cstdint>
