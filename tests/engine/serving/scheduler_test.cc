@@ -61,6 +61,19 @@ class SchedulerTest : public ::testing::Test {
     return s;
   }
 
+  // A running sequence `computed` tokens into a prompt of `prompt`, at most
+  // `chunk` tokens a step.
+  Sequence* Prefilling(int prompt, int computed, int chunk) {
+    Sequence* s = Waiting(prompt);
+    waiting_.pop_back();
+    s->num_computed = computed;
+    s->prefill_chunk_tokens = chunk;
+    s->running = true;
+    EXPECT_TRUE(kv_->Reserve(s->id, computed));
+    running_.push_back(s);
+    return s;
+  }
+
   SchedulerDecision Run(const std::string& policy, const ScheduleLimits& limits) {
     auto sched = MakeScheduler(policy);
     EXPECT_TRUE(sched.ok()) << sched.status();
@@ -118,13 +131,7 @@ TEST_F(SchedulerTest, AdmissionsLeaveRunningPromptsTheBlocksTheyStillNeed) {
     seqs_.clear(), running_.clear(), waiting_.clear();
     MakeCache(n_blocks);
     // a: 6 blocks of prompt, 1 computed, 1 more this step, 4 still owed.
-    Sequence* a = Waiting(96);
-    waiting_.pop_back();
-    a->num_computed = 16;
-    a->prefill_chunk_tokens = 16;
-    a->running = true;
-    ASSERT_TRUE(kv_->Reserve(a->id, 16));
-    running_.push_back(a);
+    Sequence* a = Prefilling(96, 16, 16);
     Sequence* b = Waiting(64);  // 4 blocks, one chunk
     SchedulerDecision d = Run("fcfs", Limits(512, 8));
     EXPECT_EQ(TokensOf(d, a), 16);
@@ -142,13 +149,7 @@ TEST_F(SchedulerTest, AdmissionsLeaveRunningPromptsTheBlocksTheyStillNeed) {
 
 TEST_F(SchedulerTest, ACompressedPromptIsAdmittedOnItsFirstChunk) {
   MakeCache(9);
-  Sequence* a = Waiting(96);
-  waiting_.pop_back();
-  a->num_computed = 16;
-  a->prefill_chunk_tokens = 16;
-  a->running = true;
-  ASSERT_TRUE(kv_->Reserve(a->id, 16));
-  running_.push_back(a);
+  Sequence* a = Prefilling(96, 16, 16);
   // Compressed between chunks, b never holds its whole prompt in f16: only
   // its chunk (and a's owed blocks) must fit.
   Sequence* b = Waiting(64);
