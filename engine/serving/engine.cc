@@ -672,8 +672,7 @@ class EngineImpl {
     int inbox_seqs = 0;
     for (const auto& r : inbox_) inbox_seqs += r->request.n;
     st.waiting = static_cast<int>(waiting_.size()) + inbox_seqs;
-    st.requests_submitted = submitted_;
-    st.requests_rejected = rejected_;
+    // requests_submitted and requests_rejected are filled by Stats().
     st.requests_finished = requests_finished_;
     queued_ = CountQueued();
     PublishTenantStats(&st);
@@ -727,11 +726,7 @@ class EngineImpl {
     for (int t = 1; t < tenants_.size(); ++t) {
       TenantStats& ts = rows[t];
       for (int64_t b : ts.kv_tier_bytes) ts.kv_bytes += b;
-      if (auto it = submit_counts_.find(ts.id); it != submit_counts_.end()) {
-        ts.requests_submitted = it->second.submitted;
-        ts.requests_rejected = it->second.rejected;
-      }
-      st->tenants.push_back(std::move(ts));
+      st->tenants.push_back(std::move(ts));  // submitted/rejected: Stats()
     }
   }
 

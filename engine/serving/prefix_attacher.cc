@@ -36,11 +36,12 @@ void PrefixAttacher::AttachWaiting(const std::vector<Sequence*>& waiting) {
 }
 
 bool PrefixAttacher::AnyAttached(const std::vector<Sequence*>& waiting) const {
-  return std::any_of(waiting.begin(), waiting.end(),
-                     [](const Sequence* s) { return s->prefix_attached; });
+  return enabled_ && std::any_of(waiting.begin(), waiting.end(),
+                                 [](const Sequence* s) { return s->prefix_attached; });
 }
 
 void PrefixAttacher::DetachWaiting(const std::vector<Sequence*>& waiting) {
+  if (!enabled_) return;  // nothing was attached
   for (Sequence* s : waiting) {
     if (!s->prefix_attached) continue;
     kv_->Free(s->id);
