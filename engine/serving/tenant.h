@@ -17,8 +17,10 @@ struct TenantLimits {
   std::string id;               // non-empty; requests name it in GenerationRequest::tenant
   int64_t kv_budget_bytes = 0;  // KV bytes its sequences may hold at once (as stored); 0 = no cap
   int max_concurrent = 0;       // requests running at once; 0 = no cap beyond max_running
-  int max_queued = 0;           // requests queued (not yet running); 0 = no cap beyond max_waiting
-  double weight = 1.0;          // > 0: share of each step's token budget against other tenants
+  // Requests waiting to run; those a free running slot (max_concurrent, the
+  // server's max_running) will start at the next step do not count.
+  int max_queued = 0;   // 0 = no cap beyond max_waiting
+  double weight = 1.0;  // > 0: share of each step's token budget against other tenants
 };
 
 // Counters and gauges of one configured tenant (EngineStats::tenants).

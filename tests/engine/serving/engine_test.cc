@@ -304,23 +304,27 @@ TEST_F(EngineTest, TenantBudgetHoldsUnderLoadAndTouchesNoOtherTenant) {
 TEST_F(EngineTest, TenantQueueCapRejectsWithResourceExhausted) {
   auto e = MakeEngine({});
   TenantLimits a{"a"};
-  a.max_concurrent = 1;
-  a.max_queued = 1;
+  a.max_concurrent = 3;
+  a.max_queued = 2;
   ASSERT_TRUE(e->SetTenants({a}).ok());
   std::vector<std::shared_ptr<RequestHandle>> hs;
+  std::vector<int> rejected;
   absl::Status last;
-  for (int i = 0; i < 3; ++i) {
+  for (int i = 0; i < 7; ++i) {
     GenerationRequest r = Greedy(Prompt(30, i), 400);
     r.tenant = "a";
     auto h = e->Submit(r);
     if (h.ok()) {
       hs.push_back(*h);
     } else {
+      rejected.push_back(i);
       last = h.status();
     }
   }
-  // The first runs (or waits), the second waits; the third finds the queue
-  // of one full whichever way the engine thread raced.
+  // Three run and two wait; whether the engine thread stepped between the
+  // submissions or not, the three that start at once are not counted as
+  // queued, so the sixth is the first refused.
+  EXPECT_EQ(rejected, (std::vector<int>{5, 6}));
   EXPECT_EQ(last.code(), absl::StatusCode::kResourceExhausted);
   EXPECT_NE(last.message().find("tenant 'a'"), std::string::npos) << last;
   // Another tenant (here the default one) is not affected.
