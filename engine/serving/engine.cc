@@ -71,7 +71,7 @@ class EngineImpl {
       // arrives between two steps would be counted as queued in full and
       // rejected below its limits. KV room is not foreseen; a request that
       // finds none waits, and may then leave the queue over its cap.
-      const int free_slots = std::max(0, config_.max_running - running_seqs_);
+      const int free_slots = std::max(0, config_.max_running - stats_.running);
       if (queued_ - free_slots >= config_.max_waiting) {
         ++rejected_;
         ++counts.rejected;
@@ -696,14 +696,13 @@ class EngineImpl {
 
   // Requests submitted and not yet running (the inbox and those with no
   // running sequence), in total and per tenant id into submit_counts_, which
-  // Submit's max_queued checks read, with the running requests per tenant
-  // and running_seqs_. mu_ held.
+  // Submit's max_queued checks read, with the running requests per tenant.
+  // mu_ held.
   int CountQueued() {
     for (auto& [id, c] : submit_counts_) c.queued = c.running = 0;
     for (const auto& r : inbox_) ++submit_counts_[r->request.tenant].queued;
     running_requests_scratch_.clear();
     for (const Sequence* s : running_) running_requests_scratch_.insert(s->request);
-    running_seqs_ = static_cast<int>(running_.size());
     for (const RequestState* r : running_requests_scratch_)
       ++submit_counts_[r->request.tenant].running;
     int n = static_cast<int>(inbox_.size());
@@ -784,7 +783,6 @@ class EngineImpl {
   // Written under mu_; atomic so that Ready() need not lock.
   std::atomic<bool> draining_{false};
   int queued_ = 0;                        // guarded by mu_
-  int running_seqs_ = 0;                  // at the last step; guarded by mu_
   uint64_t next_arrival_ = 0;             // guarded by mu_
   int64_t submitted_ = 0, rejected_ = 0;  // guarded by mu_
   EngineStats stats_;                     // guarded by mu_

@@ -28,6 +28,12 @@ class ModuleOverride {
   ~ModuleOverride() { unsetenv("KVSERVE_CUDA_MODULE"); }
 };
 
+// That the loader refused with `code` and a message naming `text`.
+void ExpectRefused(const absl::Status& st, absl::StatusCode code, const std::string& text) {
+  EXPECT_EQ(st.code(), code) << st;
+  EXPECT_NE(st.message().find(text), std::string::npos) << st;
+}
+
 std::string TinyModel(gguf::GgmlType type, const std::string& name) {
   testing::TinyLlamaSpec spec;
   spec.matrix_type = type;
@@ -109,11 +115,8 @@ TEST(CudaModuleTest, ForwardOnTheFakeDeviceMatchesTheCpu) {
 
 TEST(CudaModuleTest, MissingModuleIsUnimplementedAndNamesThePath) {
   ModuleOverride use("/nonexistent/libkvserve_cuda.so");
-  auto b = MakeMatMulBackend("cuda", nullptr);
-  ASSERT_FALSE(b.ok());
-  EXPECT_EQ(b.status().code(), absl::StatusCode::kUnimplemented);
-  EXPECT_NE(b.status().message().find("/nonexistent/libkvserve_cuda.so"), std::string::npos)
-      << b.status();
+  ExpectRefused(MakeMatMulBackend("cuda", nullptr).status(), absl::StatusCode::kUnimplemented,
+                "/nonexistent/libkvserve_cuda.so");
   EXPECT_EQ(CudaDeviceCount(), 0);
   // The CPU needs no module.
   EXPECT_TRUE(MakeMatMulBackend("cpu", nullptr).ok());
@@ -123,10 +126,8 @@ TEST(CudaModuleTest, AFileThatIsNotAModuleIsAFailedPrecondition) {
   const std::string path = kvserve::testing::ProcessTempDir() + "/not_a_module.so";
   std::ofstream(path) << "not an ELF file\n";
   ModuleOverride use(path);
-  auto b = MakeMatMulBackend("cuda:0", nullptr);
-  ASSERT_FALSE(b.ok());
-  EXPECT_EQ(b.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_NE(b.status().message().find("cannot load"), std::string::npos) << b.status();
+  ExpectRefused(MakeMatMulBackend("cuda:0", nullptr).status(),
+                absl::StatusCode::kFailedPrecondition, "cannot load");
 }
 
 TEST(CudaModuleTest, ASharedObjectWithoutTheEntryPointsIsRefused) {
@@ -135,10 +136,8 @@ TEST(CudaModuleTest, ASharedObjectWithoutTheEntryPointsIsRefused) {
   const char* libm = "/lib/x86_64-linux-gnu/libm.so.6";
   if (std::ifstream(libm).fail()) GTEST_SKIP() << "no " << libm;
   ModuleOverride use(libm);
-  auto b = MakeMatMulBackend("cuda", nullptr);
-  ASSERT_FALSE(b.ok());
-  EXPECT_EQ(b.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_NE(b.status().message().find("not a CUDA module"), std::string::npos) << b.status();
+  ExpectRefused(MakeMatMulBackend("cuda", nullptr).status(), absl::StatusCode::kFailedPrecondition,
+                "not a CUDA module");
 }
 
 TEST(CudaModuleTest, TheRealModuleLoadsAndReportsTheGpuOrItsAbsence) {
@@ -147,9 +146,7 @@ TEST(CudaModuleTest, TheRealModuleLoadsAndReportsTheGpuOrItsAbsence) {
   ASSERT_TRUE(path.ok()) << path.status();  // links against the toolkit's libraries
   auto b = MakeMatMulBackend("cuda", nullptr);
   if (CudaDeviceCount() == 0) {
-    ASSERT_FALSE(b.ok());
-    EXPECT_EQ(b.status().code(), absl::StatusCode::kFailedPrecondition);
-    EXPECT_NE(b.status().message().find("no usable CUDA device"), std::string::npos) << b.status();
+    ExpectRefused(b.status(), absl::StatusCode::kFailedPrecondition, "no usable CUDA device");
   } else {
     ASSERT_TRUE(b.ok()) << b.status();
     EXPECT_STREQ((*b)->device(), "cuda");

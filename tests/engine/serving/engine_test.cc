@@ -39,6 +39,14 @@ class EngineTest : public ::testing::Test {
     tok_ = std::move(*t);
   }
 
+  // Bytes of one 16-token KV block of the tiny model (the engine's default
+  // block size): pool sizes below are counted in blocks.
+  int64_t BlockBytes() const {
+    const auto& c = model_->config();
+    return static_cast<int64_t>(
+        kvcache::BlockPool::BytesPerBlock({c.n_layers, c.n_kv_head, c.head_dim}, 16));
+  }
+
   std::unique_ptr<Engine> MakeEngine(EngineConfig c) {
     c.check_invariants = true;
     auto e = Engine::Create(c, model_.get(), tok_.get());
@@ -157,11 +165,9 @@ TEST_F(EngineTest, ConcurrentRequestsEqualTheirSoloResults) {
 }
 
 TEST_F(EngineTest, PreemptionUnderPressureKeepsResultsAndFreesBlocks) {
-  const auto& mc = model_->config();
   EngineConfig cfg;
   // Room for 12 blocks of 16 tokens: two or three of these requests at once.
-  cfg.kv_cache_bytes =
-      kvcache::BlockPool::BytesPerBlock({mc.n_layers, mc.n_kv_head, mc.head_dim}, 16) * 12;
+  cfg.kv_cache_bytes = BlockBytes() * 12;
   cfg.max_batch_tokens = 64;
   std::vector<std::vector<int32_t>> want;
   for (int i = 0; i < 6; ++i) want.push_back(Reference(Prompt(50, i), 30));
@@ -248,9 +254,7 @@ TEST_F(EngineTest, IdleEngineReportsNewTenantsAndRejectionsAtOnce) {
 }
 
 TEST_F(EngineTest, TenantBudgetHoldsUnderLoadAndTouchesNoOtherTenant) {
-  const auto& mc = model_->config();
-  const int64_t block_bytes = static_cast<int64_t>(
-      kvcache::BlockPool::BytesPerBlock({mc.n_layers, mc.n_kv_head, mc.head_dim}, 16));
+  const int64_t block_bytes = BlockBytes();
   EngineConfig cfg;
   cfg.kv_cache_bytes = block_bytes * 64;
   cfg.max_batch_tokens = 64;
@@ -377,14 +381,12 @@ TEST_F(EngineTest, PrefixCacheSharesWithinATenantAndSpecOnly) {
 }
 
 TEST_F(EngineTest, PrefixCacheUnderPressureWithAbortsKeepsResultsAndAccounts) {
-  const auto& mc = model_->config();
   EngineConfig cfg;
   cfg.prefix_cache = true;
   // 24 blocks: a 96-token document shared by questions of 20-40 tokens plus
   // 30 outputs; five at once do not fit, so there are preemptions and
   // evictions of cached blocks too.
-  cfg.kv_cache_bytes =
-      kvcache::BlockPool::BytesPerBlock({mc.n_layers, mc.n_kv_head, mc.head_dim}, 16) * 24;
+  cfg.kv_cache_bytes = BlockBytes() * 24;
   cfg.max_batch_tokens = 64;
   std::vector<int32_t> doc = Prompt(96, 5);
   std::vector<std::vector<int32_t>> prompts, want;
@@ -414,19 +416,15 @@ TEST_F(EngineTest, PrefixCacheUnderPressureWithAbortsKeepsResultsAndAccounts) {
   EXPECT_GT(st.prefix_cache_hit_tokens, 0);
   EXPECT_GT(st.preemptions, 0);
   EXPECT_EQ(st.kv_blocks_used, st.prefix_cache_blocks);
-  EXPECT_EQ(st.kv_bytes_used,
-            st.prefix_cache_blocks * static_cast<int64_t>(kvcache::BlockPool::BytesPerBlock(
-                                         {mc.n_layers, mc.n_kv_head, mc.head_dim}, 16)));
+  EXPECT_EQ(st.kv_bytes_used, st.prefix_cache_blocks * BlockBytes());
 }
 
 TEST_F(EngineTest, WaitingRequestsDoNotPinACacheThatFillsThePool) {
-  const auto& mc = model_->config();
   EngineConfig cfg;
   cfg.prefix_cache = true;
   // 20 blocks; four documents of 80 tokens (5 blocks each) fill it with
   // cached blocks once they have run.
-  cfg.kv_cache_bytes =
-      kvcache::BlockPool::BytesPerBlock({mc.n_layers, mc.n_kv_head, mc.head_dim}, 16) * 20;
+  cfg.kv_cache_bytes = BlockBytes() * 20;
   cfg.max_batch_tokens = 64;
   auto e = MakeEngine(cfg);
   std::vector<std::vector<int32_t>> docs;
@@ -452,9 +450,7 @@ TEST_F(EngineTest, WaitingRequestsDoNotPinACacheThatFillsThePool) {
 }
 
 TEST_F(EngineTest, TenantOverBudgetCompressesItsOwnSequencesFirst) {
-  const auto& mc = model_->config();
-  const int64_t block_bytes = static_cast<int64_t>(
-      kvcache::BlockPool::BytesPerBlock({mc.n_layers, mc.n_kv_head, mc.head_dim}, 16));
+  const int64_t block_bytes = BlockBytes();
   EngineConfig cfg;
   cfg.kv_cache_bytes = block_bytes * 96;
   cfg.max_batch_tokens = 64;
@@ -624,11 +620,9 @@ TEST_F(EngineTest, PrefillChunkTokensCapsEachStepAndKeepsResults) {
 }
 
 TEST_F(EngineTest, UnderPressureCompressionComesBeforePreemption) {
-  const auto& mc = model_->config();
   auto run = [&](const std::string& policy) {
     EngineConfig cfg;
-    cfg.kv_cache_bytes =
-        kvcache::BlockPool::BytesPerBlock({mc.n_layers, mc.n_kv_head, mc.head_dim}, 16) * 16;
+    cfg.kv_cache_bytes = BlockBytes() * 16;
     cfg.max_batch_tokens = 64;
     // Ratio 1: nothing is compressed until memory runs short.
     cfg.kv_compression = {policy, 1.0};
@@ -656,12 +650,10 @@ TEST_F(EngineTest, UnderPressureCompressionComesBeforePreemption) {
 }
 
 TEST_F(EngineTest, CompressionAdmitsMoreConcurrentSequences) {
-  const auto& mc = model_->config();
   // Room for two of these sequences uncompressed (2 x 19 blocks).
   auto run = [&](std::optional<kvcache::KvCompressionSpec> spec) {
     EngineConfig cfg;
-    cfg.kv_cache_bytes =
-        kvcache::BlockPool::BytesPerBlock({mc.n_layers, mc.n_kv_head, mc.head_dim}, 16) * 40;
+    cfg.kv_cache_bytes = BlockBytes() * 40;
     cfg.max_batch_tokens = 128;
     cfg.kv_compressor.policy.recent_tokens = 16;
     auto e = MakeEngine(cfg);

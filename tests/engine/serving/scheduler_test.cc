@@ -23,7 +23,9 @@ constexpr int kBlockTokens = 16;
 
 class SchedulerTest : public ::testing::Test {
  protected:
+  // Starts over: no sequences and an empty cache of n_blocks.
   void MakeCache(int n_blocks) {
+    seqs_.clear(), running_.clear(), waiting_.clear();
     // One layer, one head of 16 dims: a block is 16 tokens x 16 dims x 2 (K,
     // V) x 2 bytes.
     const kvcache::KvShape shape{1, 1, 16};
@@ -102,7 +104,6 @@ TEST_F(SchedulerTest, UnknownPolicyIsAnErrorNamingTheChoices) {
 TEST_F(SchedulerTest, DecodesFirstThenAdmissionsInOrderWithinTheTokenBudget) {
   for (const std::string policy : {"fcfs", "fair"}) {
     SCOPED_TRACE(policy);
-    seqs_.clear(), running_.clear(), waiting_.clear();
     MakeCache(64);
     Sequence* d = Decoding(32);
     Sequence* a = Waiting(100);
@@ -128,7 +129,6 @@ TEST_F(SchedulerTest, PoolShortageStopsAdmissionsWithoutJumpingTheQueue) {
 TEST_F(SchedulerTest, AdmissionsLeaveRunningPromptsTheBlocksTheyStillNeed) {
   for (const int n_blocks : {9, 10}) {
     SCOPED_TRACE(n_blocks);
-    seqs_.clear(), running_.clear(), waiting_.clear();
     MakeCache(n_blocks);
     // a: 6 blocks of prompt, 1 computed, 1 more this step, 4 still owed.
     Sequence* a = Prefilling(96, 16, 16);
@@ -158,6 +158,8 @@ TEST_F(SchedulerTest, ACompressedPromptIsAdmittedOnItsFirstChunk) {
   SchedulerDecision d = Run("fcfs", Limits(512, 8));
   EXPECT_EQ(d.admitted, (std::vector<Sequence*>{b}));
   EXPECT_EQ(TokensOf(d, b), 16);
+  EXPECT_EQ(TokensOf(d, a), 16);  // a's prefill goes on beside it
+  EXPECT_TRUE(d.preempted.empty());
 }
 
 TEST_F(SchedulerTest, APromptAloneIsAdmittedEvenIfNotAllOfItFits) {
@@ -172,7 +174,6 @@ TEST_F(SchedulerTest, APromptAloneIsAdmittedEvenIfNotAllOfItFits) {
 TEST_F(SchedulerTest, MaxConcurrentCapsOnlyItsOwnTenant) {
   for (const std::string policy : {"fcfs", "fair"}) {
     SCOPED_TRACE(policy);
-    seqs_.clear(), running_.clear(), waiting_.clear();
     MakeCache(64);
     ScheduleLimits limits = Limits(512, 16);
     limits.tenants.resize(3);
@@ -210,7 +211,6 @@ TEST_F(SchedulerTest, KvBudgetHoldsAdmissionsAndPreemptsOnlyTheTenantsOwn) {
   EXPECT_EQ(TokensOf(d, a_wait) + TokensOf(d, b_wait), 0);
 
   // Without preemption pressure, the budget gates only tenant 1's admissions.
-  seqs_.clear(), running_.clear(), waiting_.clear();
   MakeCache(64);
   limits.tenants[1].budget_blocks = 0;
   Sequence* held = Waiting(16, 1);
@@ -260,7 +260,6 @@ TEST_F(SchedulerTest, APoolBlockedTenantDoesNotHoldBackOthersRunningPrefills) {
   // tenant 2's prefill must still get the step, under both policies.
   for (const std::string policy : {"fair", "fcfs"}) {
     SCOPED_TRACE(policy);
-    seqs_.clear(), running_.clear(), waiting_.clear();
     MakeCache(16);
     ScheduleLimits limits = Limits(128, 16);
     limits.tenants.resize(3);
