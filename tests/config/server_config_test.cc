@@ -300,7 +300,9 @@ TEST(ParseByteSizeTest, RejectsGarbage) {
                           "99999999999999999999", "99999999TiB", "."}) {
     auto v = ParseByteSize(bad);
     EXPECT_FALSE(v.ok()) << bad;
-    if (!v.ok()) EXPECT_EQ(v.status().code(), absl::StatusCode::kInvalidArgument);
+    if (!v.ok()) {
+      EXPECT_EQ(v.status().code(), absl::StatusCode::kInvalidArgument);
+    }
   }
 }
 

@@ -389,7 +389,9 @@ TEST(KvQuantTest, PartialBlockIgnoresInvalidTokens) {
       Unit out = Dequantize(s, kBt, tier, q);
       ErrorStats stats;
       CheckErrors(dirty, out, tier, n_valid, &stats);  // bounds from valid tokens only
-      if (n_valid > 1) EXPECT_LT(stats.KRel(), tier == KvTier::kInt2 ? 0.6 : 0.15);
+      if (n_valid > 1) {
+        EXPECT_LT(stats.KRel(), tier == KvTier::kInt2 ? 0.6 : 0.15);
+      }
     }
   }
 }

@@ -83,7 +83,9 @@ TEST(SlabArenaTest, UnitsAreAlignedDisjointAndStable) {
       a->Free(t, it->first);
       live.erase(it);
     }
-    if (step % 97 == 0) ASSERT_TRUE(a->CheckInvariants().ok()) << a->CheckInvariants();
+    if (step % 97 == 0) {
+      ASSERT_TRUE(a->CheckInvariants().ok()) << a->CheckInvariants();
+    }
   }
   size_t bytes = 0;
   for (const auto& [h, e] : live) bytes += a->unit_bytes(e.first);

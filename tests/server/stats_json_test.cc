@@ -52,7 +52,13 @@ engine::EngineStats SampleStats() {
   return s;
 }
 
-StatsContext SampleContext() { return {"smollm2", 1700000000.5, 42.0}; }
+StatsContext SampleContext() {
+  StatsContext c;
+  c.model_name = "smollm2";
+  c.timestamp_s = 1700000000.5;
+  c.uptime_s = 42.0;
+  return c;  // no device: the CPU-only server's case
+}
 
 TEST(StatsJsonTest, CarriesEveryFieldOfTheSnapshot) {
   const json j = StatsJson(SampleStats(), SampleContext());
