@@ -149,6 +149,24 @@ class KvServer:
         samples = self.metric_samples() if samples is None else samples
         return samples[(name, frozenset(labels.items()))]
 
+    def stats(self):
+        r = requests.get(self.url("/v1/stats"), headers=self.auth_headers(), timeout=10)
+        r.raise_for_status()
+        return r.json()
+
+    def wait_for_stats(self, done, timeout=10.0):
+        """Polls /v1/stats until done(snapshot) holds; returns the last snapshot either way.
+
+        The engine publishes its snapshot after each step, so a response can reach the
+        client before the step that produced it is counted there.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            snapshot = self.stats()
+            if done(snapshot) or time.monotonic() > deadline:
+                return snapshot
+            time.sleep(0.1)
+
     def wait_for_metrics(self, want, timeout=10.0):
         """Polls /metrics until every {selector: value} holds, where a selector is a
         sample name with optional labels: 'kvserve_kv_cache_blocks{state="used"}'.

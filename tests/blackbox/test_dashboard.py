@@ -105,9 +105,10 @@ def test_stats_show_what_compression_saves_while_a_request_runs(server):
         model=MODEL_NAME, prompt=PROMPT, max_tokens=8, temperature=0,
         extra_body={"kv_compression": COMPRESSION, "ignore_eos": True})
     assert done.usage.prompt_tokens >= 250
-    after = get_stats(server)
+    generated = lambda s: s["totals"]["generation_tokens"] - before["totals"]["generation_tokens"]
+    after = server.wait_for_stats(lambda s: generated(s) >= 8)
     assert after["totals"]["prompt_tokens"] - before["totals"]["prompt_tokens"] >= 250
-    assert after["totals"]["generation_tokens"] - before["totals"]["generation_tokens"] >= 8
+    assert generated(after) >= 8
     assert after["totals"]["steps"] > before["totals"]["steps"]
     assert (sum(after["totals"]["kv_blocks_quantized_by_tier"].values())
             > sum(before["totals"]["kv_blocks_quantized_by_tier"].values()))

@@ -143,11 +143,9 @@ def test_a_request_over_the_budget_in_f16_is_a_400_naming_it(server):
     message = err["message"]
     assert "capped-ag" in message and "budget" in message and str(BUDGET) in message, message
     # Counted at once, also while nothing else runs (polled briefly: a snapshot may lag).
-    deadline = time.monotonic() + 3
-    while (tenant_row(stats(server), "capped-ag")["requests_rejected"] == before
-           and time.monotonic() < deadline):
-        time.sleep(0.1)
-    assert tenant_row(stats(server), "capped-ag")["requests_rejected"] == before + 1
+    s = server.wait_for_stats(
+        lambda s: tenant_row(s, "capped-ag")["requests_rejected"] != before, timeout=3)
+    assert tenant_row(s, "capped-ag")["requests_rejected"] == before + 1
     # Exactly the budget is served; its stream is dropped after the first token.
     stream = client.completions.create(model=MODEL_NAME, prompt=prompt, max_tokens=fits,
                                        temperature=0, stream=True)
@@ -162,14 +160,10 @@ def test_a_request_over_the_budget_in_f16_is_a_400_naming_it(server):
 
 
 def test_every_block_is_free_at_idle(server):
-    deadline = time.monotonic() + 30
-    while True:
-        s = stats(server)
-        kv = s["kv_cache"]
-        idle = (s["requests"] == {"running": 0, "waiting": 0} and kv["blocks_used"] == 0)
-        if idle or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    s = server.wait_for_stats(
+        lambda s: (s["requests"] == {"running": 0, "waiting": 0}
+                   and s["kv_cache"]["blocks_used"] == 0), timeout=30)
+    kv = s["kv_cache"]
     assert s["requests"] == {"running": 0, "waiting": 0}
     assert (kv["blocks_used"], kv["used_bytes"], kv["blocks_free"]) == (0, 0, kv["blocks_total"])
     for t in s["tenants"]:
